@@ -1,0 +1,311 @@
+"""The DGMN layer (Zhang et al., CVPR 2020, sec. 3.5, Figures 2 and 3).
+
+:class:`DynamicMessageCalculation` is one "DMC" box of Figure 3 (one sampling rate);
+:class:`MessageFusion` combines the S messages with the observation F (eq. 2-3);
+:class:`DGMN` assembles them with T = 1 message-passing iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+from einops import repeat
+from torch import Tensor, nn
+
+from dgmn_ref import functional
+
+__all__ = ["DGMN", "DynamicMessageCalculation", "MessageFusion", "RateState", "IMPLS"]
+
+IMPLS = ("reference", "fast")
+
+
+def message_ops(impl: str) -> ModuleType:
+    """The module providing ``neighbourhood_conv`` and ``dynamic_message`` for ``impl``.
+
+    ``"reference"`` is :mod:`dgmn_ref.functional` (einops, materialises the K sampled
+    neighbours: easy to read); ``"fast"`` is :mod:`dgmn_ref.fast` (same signatures,
+    tested equal, never materialises the K-expanded tensor).
+    """
+    if impl == "reference":
+        return functional
+    if impl == "fast":
+        from dgmn_ref import fast
+
+        return fast
+    raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+
+
+class RateState(NamedTuple):
+    """What one DMC computed for one sampling rate (used by :mod:`dgmn_ref.viz`)."""
+
+    rate: int
+    walks: Tensor  # b k p h w, zeros under uniform sampling
+    affinity: Tensor  # b k h w, normalised (eq. 7)
+    weights: Tensor  # b g k h w, the (dynamic or static) group filters
+    message: Tensor  # b c h w
+
+
+class DynamicMessageCalculation(nn.Module):
+    """Figure 3: the message of one sampling rate rho_q, with its switches.
+
+    * ``dynamic_sampling``: walks predicted by a ``ks x ks`` conv with dilation rho (eq. 4)
+      and read with the bilinear sampler (eq. 5); off: uniform sampling (eq. 3).
+    * ``dynamic_weights`` / ``dynamic_affinity``: filters and affinities predicted jointly
+      by one ``ks x ks`` conv over the walked neighbourhood (eq. 6-7); off: static learned
+      parameters (DGMN Base of sec. 3.2): affinity logits ``k`` and filters ``g k``.
+    * ``groups = 0``: no filter at all (weights = 1), Table 6's "G = 0".
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rate: int,
+        groups: int = 4,
+        kernel_size: int = 3,
+        dynamic_affinity: bool = True,
+        dynamic_weights: bool = True,
+        dynamic_sampling: bool = True,
+        filter_norm: str = "none",
+        affinity_norm: str = "softmax",
+        impl: str = "reference",
+    ) -> None:
+        super().__init__()
+        self.rate = functional.check_rate(rate)
+        self.kernel_size = functional.check_kernel_size(kernel_size)
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 0:
+            raise ValueError(f"groups: expected an int >= 0, got {groups!r}")
+        if groups and channels % groups:
+            raise ValueError(f"groups: expected a divisor of channels={channels}, got {groups}")
+        if groups == 0 and dynamic_weights:
+            raise ValueError(
+                "groups: G = 0 means no filters, which needs dynamic_weights=False "
+                "(Table 6, rows with G = 0)"
+            )
+        if filter_norm not in ("none", "softmax"):
+            raise ValueError(f"filter_norm: expected 'none' or 'softmax', got {filter_norm!r}")
+        if affinity_norm not in ("softmax", "sigmoid"):
+            raise ValueError(
+                f"affinity_norm: expected 'softmax' or 'sigmoid', got {affinity_norm!r}"
+            )
+        message_ops(impl)
+        self.channels, self.groups, self.impl = channels, groups, impl
+        self.filter_norm, self.affinity_norm = filter_norm, affinity_norm
+        self.dynamic_affinity = dynamic_affinity
+        self.dynamic_weights = dynamic_weights
+        self.dynamic_sampling = dynamic_sampling
+        k = self.num_neighbours = kernel_size**2
+        padding = rate * (kernel_size // 2)
+
+        # eq. 4: walks start at zero, so training starts from uniform sampling (as DCN).
+        self.walk_conv = None
+        if dynamic_sampling:
+            self.walk_conv = nn.Conv2d(
+                channels, 2 * k, kernel_size, padding=padding, dilation=rate
+            )
+            nn.init.zeros_(self.walk_conv.weight)
+            nn.init.zeros_(self.walk_conv.bias)
+
+        # eq. 6: one conv predicts G*K filters then K affinity logits. Initialised so that
+        # the layer starts as the uniform average (filters 1, affinities 1/K).
+        outputs = groups * k * dynamic_weights + k * dynamic_affinity
+        self.predictor = None
+        if outputs:
+            self.predictor = nn.Conv2d(
+                channels, outputs, kernel_size, padding=padding, dilation=rate
+            )
+            nn.init.normal_(self.predictor.weight, std=1e-3)
+            nn.init.zeros_(self.predictor.bias)
+            if dynamic_weights:
+                nn.init.ones_(self.predictor.bias[: groups * k])
+        self.static_affinity = None if dynamic_affinity else nn.Parameter(torch.zeros(k))
+        self.static_weights = None
+        if groups and not dynamic_weights:
+            self.static_weights = nn.Parameter(torch.ones(groups, k))
+
+    def extra_repr(self) -> str:
+        return (
+            f"rate={self.rate}, groups={self.groups}, kernel_size={self.kernel_size}, "
+            f"DA={self.dynamic_affinity}, DW={self.dynamic_weights}, "
+            f"DS={self.dynamic_sampling}, impl={self.impl!r}"
+        )
+
+    def forward(self, h: Tensor) -> RateState:
+        ops = message_ops(self.impl)
+        b, _, height, width = h.shape
+        k = self.num_neighbours
+        if self.walk_conv is not None:
+            walks = functional.predict_walks(
+                h, self.walk_conv.weight, self.walk_conv.bias, self.rate
+            )
+        else:
+            walks = h.new_zeros(b, k, 2, height, width)
+
+        filters = logits = None
+        if self.predictor is not None:
+            prediction = ops.neighbourhood_conv(
+                h, walks, self.rate, self.predictor.weight, self.predictor.bias
+            )
+            filters, logits = functional.split_filters_affinities(
+                prediction, self.groups if self.dynamic_weights else 0, k
+            )
+        if logits is None:
+            logits = repeat(self.static_affinity, "k -> b k h w", b=b, h=height, w=width)
+        if filters is None:
+            static = self.static_weights if self.groups else h.new_ones(1, k)
+            filters = repeat(static, "g k -> b g k h w", b=b, h=height, w=width)
+
+        if self.affinity_norm == "softmax":
+            affinity = functional.normalise_affinity(logits)
+        else:  # the released code's per-neighbour sigmoid attention
+            affinity = logits.sigmoid()
+        if self.filter_norm == "softmax":  # the released code normalises filters over k
+            filters = filters.softmax(dim=2)
+
+        message = ops.dynamic_message(h, walks, affinity, filters, self.rate)
+        return RateState(self.rate, walks, affinity, filters, message)
+
+
+class MessageFusion(nn.Module):
+    r"""Combine the observation F with the S messages: eq. (2) with eq. (3).
+
+    * ``"sum"``: :math:`H = \sigma(F + \alpha \sum_q \beta_q M_q)`, literally eq. 2-3
+      (alpha and beta are learnable; only their product matters).
+    * ``"concat"``: :math:`H = \sigma(\mathrm{BN}(W [F, M_1, \dots, M_S]))` with a 1x1 conv
+      W: (S+1)C -> C. Writing W = [W_0, W_1, ..., W_S] this is
+      :math:`\sigma(W_0 F + \sum_q W_q M_q)`: eq. 2-3 with beta_q generalised to a C x C
+      matrix. Its parameters, (S+1) C^2, are what Table 1a's counts fit, so it is the
+      default.
+    """
+
+    def __init__(self, channels: int, num_messages: int, fusion: str = "concat") -> None:
+        super().__init__()
+        if fusion not in ("concat", "sum"):
+            raise ValueError(f"fusion: expected 'concat' or 'sum', got {fusion!r}")
+        self.fusion = fusion
+        if fusion == "concat":
+            self.project = nn.Conv2d((num_messages + 1) * channels, channels, 1, bias=False)
+            self.norm = nn.BatchNorm2d(channels)
+        else:
+            self.alpha = nn.Parameter(torch.ones(()))
+            self.beta = nn.Parameter(torch.full((num_messages,), 1.0 / num_messages))
+
+    def forward(self, f: Tensor, messages: Sequence[Tensor]) -> Tensor:
+        if self.fusion == "sum":
+            m = functional.multi_rate_message(messages, self.beta)
+            return functional.update(f, m, self.alpha)
+        return torch.relu(self.norm(self.project(torch.cat([f, *messages], dim=1))))
+
+
+class DGMN(nn.Module):
+    """Dynamic Graph Message Passing Network layer (sec. 3.5), T = 1 iteration.
+
+    ``H = fusion(F, M_1, ..., M_S)``, with ``M_q`` the dynamic message at sampling rate
+    ``rates[q]`` (:class:`DynamicMessageCalculation`). Input and output are ``b c h w``.
+
+    Every row of the paper's ablation tables (``DA`` dynamic affinity, ``DW`` dynamic
+    weights, ``US`` several uniform sampling rates, ``RWS`` random-walk sampling = DS):
+
+    =========================================  ==============================================
+    paper row                                  arguments
+    =========================================  ==============================================
+    DGMN Base (sec. 3.2, static A and w)       ``rates=(1,), dynamic_affinity=False,
+                                               dynamic_weights=False, dynamic_sampling=False``
+    Table 1a / 5: w/ DA, phi = {1}             ``rates=(1,), dynamic_weights=False,
+                                               dynamic_sampling=False``
+    Table 1a / 5: w/ DA+DW, phi = {1}          ``rates=(1,), dynamic_sampling=False``
+    Table 5: DA+DW+US, phi = {1,1,1,1,1}       ``rates=(1, 1, 1, 1, 1), dynamic_sampling=False``
+    Table 5: DA+DW+US, phi = {1,6,12}          ``rates=(1, 6, 12), dynamic_sampling=False``
+    Table 5: DA+DW+US, phi = {1,6,12,24,36}    ``dynamic_sampling=False``
+    Table 1a / 5: DA+DW+DS (RWS), full model   ``DGMN(channels)`` (all defaults)
+    Table 6: DA, phi = {1,4,8,12}, G = 0       ``rates=(1, 4, 8, 12), groups=0,
+                                               dynamic_weights=False, dynamic_sampling=False``
+    Table 6: DA+RWS, phi = {1,4,8,12}, G = 0   ``rates=(1, 4, 8, 12), groups=0,
+                                               dynamic_weights=False``
+    Table 6: DA+DW+RWS, phi = {1,4,8}, G = 2   ``rates=(1, 4, 8), groups=2``
+    Table 6: DA+DW+RWS, phi = {1,4,8}, G = 4   ``rates=(1, 4, 8)``
+    Table 6: DA+DW+RWS, phi = {1,4,8,12}, G=4  ``rates=(1, 4, 8, 12)``
+    =========================================  ==============================================
+
+    The same rows are in :data:`dgmn_ref.variants.PAPER_VARIANTS` by name.
+
+    Args:
+        channels: C, the feature channels (512 in the paper).
+        rates: the sampling rates phi = {rho_q} (S = len(rates)).
+        groups: G, channel groups sharing one dynamic filter scalar per neighbour.
+        kernel_size: ks, K = ks**2 neighbours per rate.
+        dynamic_affinity, dynamic_weights, dynamic_sampling: the DA / DW / DS switches.
+        fusion: ``"concat"`` (default, reproduces Table 1a) or ``"sum"`` (eq. 2-3 literally),
+            see :class:`MessageFusion`.
+        filter_norm: ``"none"`` (paper) or ``"softmax"`` over K (released code).
+        affinity_norm: ``"softmax"`` over K (paper, eq. 7) or ``"sigmoid"`` (released code).
+        impl: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
+
+    Example:
+        >>> layer = DGMN(16, rates=(1, 2), groups=4)
+        >>> layer(torch.randn(2, 16, 9, 10)).shape
+        torch.Size([2, 16, 9, 10])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rates: Sequence[int] = (1, 6, 12, 24, 36),
+        groups: int = 4,
+        kernel_size: int = 3,
+        dynamic_affinity: bool = True,
+        dynamic_weights: bool = True,
+        dynamic_sampling: bool = True,
+        fusion: str = "concat",
+        filter_norm: str = "none",
+        affinity_norm: str = "softmax",
+        impl: str = "reference",
+    ) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels: expected an int >= 1, got {channels!r}")
+        rates = tuple(rates)
+        if not rates:
+            raise ValueError("rates: expected at least one sampling rate, got ()")
+        self.channels, self.rates = channels, rates
+        self.rate_messages = nn.ModuleList(
+            DynamicMessageCalculation(
+                channels,
+                rate,
+                groups=groups,
+                kernel_size=kernel_size,
+                dynamic_affinity=dynamic_affinity,
+                dynamic_weights=dynamic_weights,
+                dynamic_sampling=dynamic_sampling,
+                filter_norm=filter_norm,
+                affinity_norm=affinity_norm,
+                impl=impl,
+            )
+            for rate in rates
+        )
+        self.fusion = MessageFusion(channels, len(rates), fusion)
+
+    @property
+    def impl(self) -> str:
+        return self.rate_messages[0].impl
+
+    def set_impl(self, impl: str) -> DGMN:
+        """Switch every rate between the reference and the fast path (same parameters)."""
+        message_ops(impl)
+        for dmc in self.rate_messages:
+            dmc.impl = impl
+        return self
+
+    def forward_with_states(self, f: Tensor) -> tuple[Tensor, list[RateState]]:
+        """The output H and, per rate, the walks, affinities, filters and message."""
+        if f.ndim != 4 or f.shape[1] != self.channels:
+            raise ValueError(
+                f"input: expected shape (b, {self.channels}, h, w), got {tuple(f.shape)}"
+            )
+        states = [dmc(f) for dmc in self.rate_messages]  # H^(0) = F, T = 1
+        return self.fusion(f, [state.message for state in states]), states
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.forward_with_states(f)[0]
