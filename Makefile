@@ -50,7 +50,8 @@ lint: venv
 
 # Re-execute every notebook in place so that its committed outputs are fresh.
 notebooks: venv
-	$(TESTENV) $(BIN)/python -m dgmn_ref.notebook_tools execute notebooks/*.ipynb
+	$(TESTENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info
