@@ -1,0 +1,579 @@
+"""Where a node's messages come from: the paper's Figure 4, as data and as figures.
+
+DGMN (Zhang et al., CVPR 2020), sec. 3.3-3.4 and Figure 4. For a receiving node i and a
+sampling rate rho_q, the K uniform neighbours of eq. (3) are moved by the learned walks
+Delta d (eq. 4), read with the bilinear sampler rho (eq. 5), and weighted by the affinity
+A' (eq. 7) and the group filters w (eq. 6).
+
+* :func:`extract_walks` / :func:`extract_from_model` take these intermediates from the
+  layer's own forward (:meth:`dgmn_ref.layer.DGMN.forward_with_states`, reached through a
+  forward hook when the layer sits inside a model) into a :class:`WalkData`.
+* :func:`message_sources` and :func:`mean_walk_length` reduce them to maps.
+* :func:`plot_neighbourhood`, :func:`plot_message_sources`, :func:`plot_walk_lengths` and
+  :func:`plot_node_views` draw them (matplotlib); :func:`explorer` wraps them in
+  ipywidgets for ``notebooks/08_explore_walks.ipynb``.
+
+Positions are in feature-map pixels, ``p = 0`` the row (y) and ``p = 1`` the column (x), as
+in :mod:`dgmn_ref.functional`. On an image of size ``H x W`` a feature pixel ``(y, x)`` of an
+``h x w`` map is drawn at the centre of the image block it covers,
+``((y + 0.5) H / h - 0.5, (x + 0.5) W / w - 0.5)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from einops import rearrange, reduce
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from dgmn_ref import functional
+from dgmn_ref.layer import DGMN
+
+__all__ = [
+    "WalkData",
+    "extract_walks",
+    "extract_from_model",
+    "dgmn_layers",
+    "message_sources",
+    "mean_walk_length",
+    "rate_colours",
+    "plot_neighbourhood",
+    "plot_message_sources",
+    "plot_walk_lengths",
+    "plot_node_views",
+    "explorer",
+]
+
+# One colour family per sampling rate (Figure 4 uses yellow and blue families); red is
+# kept for the receiving node, as in the figure.
+RATE_FAMILIES: tuple[str, ...] = ("Blues", "YlOrBr", "Greens", "Purples", "Greys", "PuRd")
+NODE_COLOUR = "red"
+
+
+@dataclass(frozen=True)
+class WalkData:
+    """Everything Figure 4 shows, for every node, rate and image of one DGMN layer.
+
+    Attributes:
+        rates: the sampling rates rho_q, ``s`` of them.
+        kernel_size: ks, so K = ks**2 neighbours per rate.
+        uniform: eq. (3)'s uniform positions, ``s k p h w`` (the same for every image).
+        walked: uniform + walks (eq. 4), the positions the sampler reads, ``s b k p h w``.
+        affinity: A' (eq. 7), ``s b k h w``.
+        weights: the group filters w (eq. 6), ``s b g k h w`` (static ones repeated; ones
+            when the layer has G = 0).
+        output: the layer's output H, ``b c h w``.
+    """
+
+    rates: tuple[int, ...]
+    kernel_size: int
+    uniform: Tensor
+    walked: Tensor
+    affinity: Tensor
+    weights: Tensor
+    output: Tensor
+
+    @property
+    def walks(self) -> Tensor:
+        """Delta d of eq. (4), ``s b k p h w``."""
+        return self.walked - rearrange(self.uniform, "s k p h w -> s 1 k p h w")
+
+    @property
+    def batch(self) -> int:
+        return self.walked.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(h, w)`` of the feature map."""
+        return tuple(self.walked.shape[-2:])
+
+    def rate_indices(self, rates: Sequence[int] | None) -> list[int]:
+        """Indices ``s`` of the chosen rates (all when None), in the layer's order."""
+        if rates is None:
+            return list(range(len(self.rates)))
+        unknown = set(rates) - set(self.rates)
+        if unknown:
+            raise ValueError(f"rates: {sorted(unknown)} not among the layer's {self.rates}")
+        return [s for s, rate in enumerate(self.rates) if rate in set(rates)]
+
+    def check_node(self, node: tuple[int, int], batch: int = 0) -> tuple[int, int]:
+        height, width = self.size
+        y, x = node
+        if not (0 <= y < height and 0 <= x < width):
+            raise ValueError(f"node: expected (y, x) inside {height} x {width}, got {node}")
+        if not 0 <= batch < self.batch:
+            raise ValueError(f"batch: expected 0 <= batch < {self.batch}, got {batch}")
+        return int(y), int(x)
+
+
+@torch.no_grad()
+def extract_walks(layer: DGMN, f: Tensor) -> WalkData:
+    """Run ``layer`` on ``f`` and keep, per rate, what Figure 4 shows.
+
+    Nothing is recomputed here: walks, affinities and filters are the ones the layer's
+    :meth:`~dgmn_ref.layer.DGMN.forward_with_states` used to build its messages.
+
+    Args:
+        layer: a :class:`~dgmn_ref.layer.DGMN`.
+        f: its input F, ``b c h w``.
+
+    Example:
+        >>> layer = DGMN(8, rates=(1, 2), groups=2)
+        >>> data = extract_walks(layer, torch.randn(1, 8, 5, 6))
+        >>> tuple(data.walked.shape), tuple(data.weights.shape)
+        ((2, 1, 9, 2, 5, 6), (2, 1, 2, 9, 5, 6))
+    """
+    if not isinstance(layer, DGMN):
+        raise ValueError(f"layer: expected a dgmn_ref.layer.DGMN, got {type(layer).__name__}")
+    output, states = layer.forward_with_states(f)
+    height, width = f.shape[-2:]
+    kernel_size = layer.rate_messages[0].kernel_size
+    uniform = torch.stack(
+        [
+            functional.uniform_positions(
+                height, width, state.rate, kernel_size, device=f.device, dtype=state.walks.dtype
+            )
+            for state in states
+        ]
+    )
+    walks = torch.stack([state.walks for state in states])
+    return WalkData(
+        rates=tuple(state.rate for state in states),
+        kernel_size=kernel_size,
+        uniform=uniform,
+        walked=rearrange(uniform, "s k p h w -> s 1 k p h w") + walks,
+        affinity=torch.stack([state.affinity for state in states]),
+        weights=torch.stack([state.weights for state in states]),
+        output=output,
+    )
+
+
+def dgmn_layers(model: nn.Module) -> dict[str, DGMN]:
+    """The DGMN layers of ``model`` by their module names (``""`` if model is one)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, DGMN)}
+
+
+@torch.no_grad()
+def extract_from_model(model: nn.Module, images: Tensor) -> dict[str, WalkData]:
+    """:func:`extract_walks` for every DGMN layer of ``model`` on the input ``images``.
+
+    A forward hook records each layer's input F during one forward pass of the model (in
+    eval mode, restored afterwards); each layer is then asked for its states on that F.
+
+    Returns:
+        ``{module name: WalkData}``, in the order of :func:`dgmn_layers`.
+    """
+    layers = dgmn_layers(model)
+    if not layers:
+        raise ValueError(f"model: expected at least one DGMN layer in {type(model).__name__}")
+    inputs: dict[str, Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(
+            lambda module, args, output, name=name: inputs.__setitem__(name, args[0])
+        )
+        for name, layer in layers.items()
+    ]
+    training = model.training
+    try:
+        model.eval()
+        model(images)
+        for hook in hooks:
+            hook.remove()
+        return {name: extract_walks(layer, inputs[name]) for name, layer in layers.items()}
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+
+
+# ------------------------------------------------------------------------ reductions
+def message_sources(
+    data: WalkData, node: tuple[int, int], batch: int = 0, rates: Sequence[int] | None = None
+) -> Tensor:
+    r"""How much each source pixel contributes to node i's messages, ``h w``.
+
+    Eq. (5) is linear in the features: :math:`m_i = \sum_q \sum_j A'^q_{i,j}
+    \varrho(h | j, \Delta d^q_j) w^q_j` and the sampler spreads each walked neighbour over
+    its four corner pixels with the bilinear weights. So pixel u receives
+
+    .. math:: \sum_q \sum_j A'^q_{i,j}\, \bar w^q_j\, \kappa(u, p^q_j)
+
+    with :math:`\bar w` the filter averaged over the G groups and :math:`\kappa` the
+    bilinear corner weight of the walked position p (zero outside the map). This is the
+    sampling weight of every rate *before fusion*: the layer's default ``"concat"`` fusion
+    mixes the S messages with a learned 1x1 conv, which this map does not include. Filters
+    are not squashed (sec. 3.4), so values can be negative.
+    """
+    y, x = data.check_node(node, batch)
+    height, width = data.size
+    chosen = data.rate_indices(rates)
+    positions = data.walked[chosen, batch, :, :, y, x]  # s k p
+    weight = data.affinity[chosen, batch, :, y, x] * reduce(
+        data.weights[chosen, batch, :, :, y, x], "s g k -> s k", "mean"
+    )
+    floor = positions.floor()
+    frac = positions - floor
+    heat = positions.new_zeros(height * width)
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        rows, cols = floor[..., 0] + dy, floor[..., 1] + dx  # s k
+        corner = (frac[..., 0] if dy else 1 - frac[..., 0]) * (
+            frac[..., 1] if dx else 1 - frac[..., 1]
+        )
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        index = (rows * width + cols)[inside].long()
+        heat.index_add_(0, index, (weight * corner)[inside])
+    return rearrange(heat, "(h w) -> h w", h=height)
+
+
+def mean_walk_length(data: WalkData, batch: int = 0, rates: Sequence[int] | None = None) -> Tensor:
+    """Mean length of the walks ||Delta d|| (eq. 4) of every node, ``h w``, in feature pixels.
+
+    Averaged over the K neighbours and the chosen rates: zero where the layer samples
+    uniformly, large where it has learned to look elsewhere.
+    """
+    walks = data.walks[data.rate_indices(rates), batch]  # s k p h w
+    return reduce(walks.norm(dim=2), "s k h w -> h w", "mean")
+
+
+# -------------------------------------------------------------------------- drawing
+def rate_colours(num_rates: int) -> list[dict[str, tuple[float, ...]]]:
+    """For each rate index, its colour family: ``light`` (uniform), ``dark`` (walked), ``mid``."""
+    colours = []
+    for s in range(num_rates):
+        cmap = plt.get_cmap(RATE_FAMILIES[s % len(RATE_FAMILIES)])
+        colours.append({"light": cmap(0.35), "mid": cmap(0.6), "dark": cmap(0.85)})
+    return colours
+
+
+def _image_coords(data: WalkData, image: np.ndarray | None) -> tuple[float, float]:
+    """Image pixels per feature pixel along y and x (1 without an image)."""
+    if image is None:
+        return 1.0, 1.0
+    height, width = data.size
+    return image.shape[0] / height, image.shape[1] / width
+
+
+def _to_image(yx: Tensor, scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature-pixel positions ``... p`` to image ``(rows, cols)`` arrays (pixel centres)."""
+    yx = yx.detach().double().cpu().numpy()
+    return (yx[..., 0] + 0.5) * scale[0] - 0.5, (yx[..., 1] + 0.5) * scale[1] - 0.5
+
+
+def _background(ax: Axes, data: WalkData, image: np.ndarray | None, dim: bool = False) -> None:
+    height, width = data.size
+    scale = _image_coords(data, image)
+    if image is not None:
+        shown = np.asarray(image, dtype=float)
+        if shown.max() > 1.0:
+            shown = shown / 255.0
+        if dim:  # a pale copy of the image under a heat map
+            shown = 0.35 * shown.mean(axis=-1, keepdims=True).repeat(3, -1) + 0.65
+        ax.imshow(shown, interpolation="nearest")
+    else:
+        ax.imshow(np.full((height, width, 3), 0.95), interpolation="nearest")
+    ax.set_xlim(-0.5, width * scale[1] - 0.5)
+    ax.set_ylim(height * scale[0] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mark_node(ax: Axes, node: tuple[int, int], scale: tuple[float, float]) -> None:
+    rows, cols = _to_image(torch.tensor(node, dtype=torch.float64), scale)
+    ax.scatter(
+        [cols],
+        [rows],
+        s=140,
+        c=NODE_COLOUR,
+        edgecolors="white",
+        linewidths=1.5,
+        zorder=5,
+        label="receiving node i",
+    )
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return ax
+
+
+def plot_neighbourhood(
+    data: WalkData,
+    node: tuple[int, int],
+    image: np.ndarray | None = None,
+    *,
+    batch: int = 0,
+    rates: Sequence[int] | None = None,
+    show_uniform: bool = True,
+    show_walked: bool = True,
+    legend: bool = True,
+    ax: Axes | None = None,
+) -> Figure:
+    """Figure 4 for one receiving node: its uniform and walked neighbours at every rate.
+
+    One colour family per rate. Uniform neighbours (eq. 3) are hollow rings in the light
+    shade; walked neighbours (eq. 4-5) are filled dots in the dark shade with an arrow from
+    the uniform position they walked from; the dot's area is proportional to the affinity
+    A' (eq. 7), so the K dots of a rate share a total area. The red dot is the node.
+    Neighbours outside the map (the sampler reads zeros there) fall outside the axes.
+
+    Args:
+        data: from :func:`extract_walks`.
+        node: the receiving node ``(y, x)`` in feature pixels.
+        image: ``H W 3`` (uint8 or floats in [0, 1]) drawn underneath, or None.
+        batch: which image of the batch.
+        rates: the rates to draw (None: all).
+        show_uniform, show_walked: draw the uniform / walked positions.
+
+    Returns:
+        the figure; its axes hold, per drawn rate, a ``PathCollection`` for the uniform
+        rings, one for the walked dots and a ``Quiver`` for the walks.
+    """
+    y, x = data.check_node(node, batch)
+    ax = _new_axes(ax, (6, 3.6))
+    scale = _image_coords(data, image)
+    _background(ax, data, image)
+    colours = rate_colours(len(data.rates))
+    k = data.uniform.shape[1]
+    for s in data.rate_indices(rates):
+        rate, colour = data.rates[s], colours[s]
+        u_rows, u_cols = _to_image(data.uniform[s, :, :, y, x], scale)
+        w_rows, w_cols = _to_image(data.walked[s, batch, :, :, y, x], scale)
+        if show_uniform:
+            ax.scatter(
+                u_cols,
+                u_rows,
+                s=60,
+                facecolors="none",
+                edgecolors=[colour["light"]],
+                linewidths=1.5,
+                zorder=3,
+                label=f"rate {rate}: uniform",
+            )
+        if show_walked:
+            affinity = data.affinity[s, batch, :, y, x].double().cpu().numpy()
+            ax.quiver(
+                u_cols,
+                u_rows,
+                w_cols - u_cols,
+                w_rows - u_rows,
+                color=[colour["mid"]],
+                angles="xy",
+                scale_units="xy",
+                scale=1,
+                width=0.004,
+                minlength=0,
+                zorder=3,
+            )
+            ax.scatter(
+                w_cols,
+                w_rows,
+                s=25 + 60 * k * affinity,
+                c=[colour["dark"]],
+                edgecolors="white",
+                linewidths=0.6,
+                zorder=4,
+                label=f"rate {rate}: walked",
+            )
+    _mark_node(ax, (y, x), scale)
+    ax.set_title(f"neighbours of node (y={y}, x={x})", fontsize=10)
+    if legend:
+        shown = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        for handle in shown.legend_handles:  # one marker size in the legend, not an affinity
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([50])
+    return ax.figure
+
+
+def plot_message_sources(
+    data: WalkData,
+    node: tuple[int, int],
+    image: np.ndarray | None = None,
+    *,
+    batch: int = 0,
+    rates: Sequence[int] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Heat map of :func:`message_sources`: where node i's message is read from.
+
+    Diverging colours centred at zero (filters may be negative), over a pale copy of the
+    image; the red dot is the node. The weights are those of eq. (5) *before* the fusion of
+    the rates (see :func:`message_sources`).
+
+    Returns:
+        the figure; its axes hold the pale image and the heat map (two ``AxesImage``), the
+        node marker, and a colour bar.
+    """
+    y, x = data.check_node(node, batch)
+    ax = _new_axes(ax, (6, 3.6))
+    scale = _image_coords(data, image)
+    _background(ax, data, image, dim=True)
+    heat = message_sources(data, (y, x), batch, rates).double().cpu().numpy()
+    height, width = data.size
+    bound = max(float(np.abs(heat).max()), 1e-12)
+    shown = np.ma.masked_where(heat == 0, heat)
+    mappable = ax.imshow(
+        shown,
+        cmap="PuOr_r",
+        norm=TwoSlopeNorm(0.0, -bound, bound),
+        alpha=0.9,
+        extent=(-0.5, width * scale[1] - 0.5, height * scale[0] - 0.5, -0.5),
+        interpolation="nearest",
+    )
+    _mark_node(ax, (y, x), scale)
+    ax.figure.colorbar(mappable, ax=ax, shrink=0.8, label="A' x mean_g w (before fusion)")
+    ax.set_title(f"where node (y={y}, x={x}) reads its message", fontsize=10)
+    return ax.figure
+
+
+def plot_walk_lengths(
+    data: WalkData,
+    image: np.ndarray | None = None,
+    *,
+    batch: int = 0,
+    rates: Sequence[int] | None = None,
+    node: tuple[int, int] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Summary over all nodes: :func:`mean_walk_length` per pixel, over a pale image.
+
+    Returns:
+        the figure; its axes hold the pale image, the map (two ``AxesImage``) and a colour
+        bar (and the node marker when ``node`` is given).
+    """
+    ax = _new_axes(ax, (6, 3.6))
+    scale = _image_coords(data, image)
+    _background(ax, data, image, dim=True)
+    lengths = mean_walk_length(data, batch, rates).double().cpu().numpy()
+    height, width = data.size
+    mappable = ax.imshow(
+        lengths,
+        cmap="magma",
+        alpha=0.8,
+        vmin=0.0,
+        interpolation="nearest",
+        extent=(-0.5, width * scale[1] - 0.5, height * scale[0] - 0.5, -0.5),
+    )
+    if node is not None:
+        _mark_node(ax, data.check_node(node, batch), scale)
+    ax.figure.colorbar(mappable, ax=ax, shrink=0.8, label="mean |walk| (feature px)")
+    ax.set_title("mean walk length of every node", fontsize=10)
+    return ax.figure
+
+
+def plot_node_views(
+    data: WalkData,
+    node: tuple[int, int],
+    image: np.ndarray | None = None,
+    *,
+    batch: int = 0,
+    rates: Sequence[int] | None = None,
+    show_uniform: bool = True,
+    show_walked: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """The three views side by side: neighbours, message sources, walk lengths."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4), layout="constrained")
+    plot_neighbourhood(
+        data,
+        node,
+        image,
+        batch=batch,
+        rates=rates,
+        show_uniform=show_uniform,
+        show_walked=show_walked,
+        ax=axes[0],
+    )
+    plot_message_sources(data, node, image, batch=batch, rates=rates, ax=axes[1])
+    plot_walk_lengths(data, image, batch=batch, rates=rates, node=node, ax=axes[2])
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def explorer(
+    layers: Mapping[str, WalkData],
+    images: np.ndarray | Sequence[np.ndarray],
+    node: tuple[int, int] | None = None,
+):
+    """An ipywidgets explorer over :func:`plot_node_views`.
+
+    Sliders pick the image and the receiving node (row y, column x in feature pixels); a
+    multiple selection toggles the rates; two check boxes toggle the uniform and the
+    walked positions; a drop-down switches between the model's DGMN layers. The figure is
+    redrawn in place in the explorer's output area.
+
+    Args:
+        layers: ``{name: WalkData}`` from :func:`extract_from_model` (same batch of images).
+        images: ``b H W 3``, the images the data was extracted from.
+        node: the initial receiving node (default: the centre).
+
+    Returns:
+        an ``ipywidgets.interactive`` (display it, or let it be a cell's last value).
+    """
+    import ipywidgets as widgets  # optional dependency (the "notebooks" extra)
+
+    if not layers:
+        raise ValueError("layers: expected at least one WalkData")
+    names = list(layers)
+    first = layers[names[0]]
+    height, width = first.size
+    y0, x0 = node if node is not None else (height // 2, width // 2)
+    all_rates = sorted({rate for data in layers.values() for rate in data.rates})
+    layout = widgets.Layout(width="420px")
+    style = {"description_width": "110px"}
+
+    def show(layer, image, y, x, rates, uniform, walked):
+        data = layers[layer]
+        h, w = data.size
+        chosen = [rate for rate in rates if rate in data.rates] or None
+        node = (min(y, h - 1), min(x, w - 1))
+        plot_node_views(
+            data,
+            node,
+            images[image],
+            batch=image,
+            rates=chosen,
+            show_uniform=uniform,
+            show_walked=walked,
+            title=f"layer {layer or '(model)'}, image {image}",
+        )
+        plt.show()
+
+    return widgets.interactive(
+        show,
+        layer=widgets.Dropdown(
+            options=names,
+            value=names[0],
+            description="layer",
+            disabled=len(names) == 1,
+            layout=layout,
+            style=style,
+        ),
+        image=widgets.IntSlider(
+            0, 0, first.batch - 1, description="image", layout=layout, style=style
+        ),
+        y=widgets.IntSlider(
+            y0, 0, height - 1, description="node row y", layout=layout, style=style
+        ),
+        x=widgets.IntSlider(
+            x0, 0, width - 1, description="node column x", layout=layout, style=style
+        ),
+        rates=widgets.SelectMultiple(
+            options=all_rates,
+            value=tuple(all_rates),
+            description="rates",
+            rows=len(all_rates),
+            layout=layout,
+            style=style,
+        ),
+        uniform=widgets.Checkbox(True, description="uniform positions", style=style),
+        walked=widgets.Checkbox(True, description="learned (walked) positions", style=style),
+    )
