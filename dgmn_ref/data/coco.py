@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def load_coco(annotation_file: str | Path) -> COCO:
         )
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(annotation_file))
+
+
+def ann_to_mask(coco: COCO, ann: dict) -> np.ndarray:
+    """``(h w)`` uint8 mask of one annotation (quiet about pycocotools' numpy-2 warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco.annToMask(ann)
 
 
 class _CocoBase(Dataset):
@@ -113,7 +121,7 @@ class _CocoBase(Dataset):
         """``(h w)`` uint8: 0 background, 1..80 things, 255 crowd; small objects painted last."""
         mask = np.zeros((h, w), dtype=np.uint8)
         for ann in sorted(anns, key=lambda a: -a["area"]):
-            m = self.coco.annToMask(ann).astype(bool)
+            m = ann_to_mask(self.coco, ann).astype(bool)
             mask[m] = (
                 IGNORE_INDEX if ann.get("iscrowd", 0) else self.cat_to_label[ann["category_id"]]
             )
@@ -177,7 +185,7 @@ class CocoDetection(_CocoBase):
         anns = [a for a in anns if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w))
+        masks = np.stack([ann_to_mask(self.coco, a) for a in anns]) if anns else np.zeros((0, h, w))
         target = {
             "boxes": boxes,
             "labels": torch.tensor(
