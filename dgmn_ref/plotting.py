@@ -244,12 +244,15 @@ def draw_neighbours(
             )
     y, x = node
     ax.add_patch(Rectangle((x - 1, y - 1), 2, 2, facecolor="red", edgecolor="red", zorder=4))
-    ax.set_xlim(min(-1.5, ax.get_xlim()[0]), max(width + 0.5, ax.get_xlim()[1]))
-    ax.set_ylim(max(height + 0.5, ax.get_ylim()[0]), min(-1.5, ax.get_ylim()[1]))
+    ax.autoscale_view()
+    x_lo, x_hi = sorted(ax.get_xlim())
+    y_lo, y_hi = sorted(ax.get_ylim())
+    ax.set_xlim(min(-1.5, x_lo), max(width + 0.5, x_hi))
+    ax.set_ylim(max(height + 0.5, y_hi), min(-1.5, y_lo))  # y grows downwards
     ax.set_aspect("equal")
     ax.set_xlabel("x (column of the feature map)")
     ax.set_ylabel("y (row of the feature map)")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="rate")
     ax.set_title(title or f"K neighbours of node {node} on a {height}x{width} grid")
     return ax
 
