@@ -131,7 +131,7 @@ class DeformableMessagePassing(nn.Module):
     def forward(self, f: Tensor) -> Tensor:
         ops = message_ops(self.impl)
         messages = []
-        for rate, walk_conv, kernel in zip(self.rates, self.walk_convs, self.kernels):
+        for rate, walk_conv, kernel in zip(self.rates, self.walk_convs, self.kernels, strict=True):
             walks = functional.predict_walks(f, walk_conv.weight, walk_conv.bias, rate)
             messages.append(ops.neighbourhood_conv(f, walks, rate, kernel))
         return self.fusion(f, messages)

@@ -164,9 +164,7 @@ def message_dense(h: Tensor, adjacency: Tensor, weight: Tensor | None = None) ->
     return rearrange(messages, "b c (h w) -> b c h w", h=height, w=width)
 
 
-def message_local(
-    h: Tensor, affinity: Tensor, weight: Tensor, rate: int = 1
-) -> Tensor:
+def message_local(h: Tensor, affinity: Tensor, weight: Tensor, rate: int = 1) -> Tensor:
     r"""Eq. (1) on a locally-connected graph: :math:`m_i = \sum_{j \in N(i)} A_{i,j} h_j w_j`.
 
     The neighbourhood N(i) is the ``ks x ks`` grid around i with spacing ``rate``; each
@@ -314,7 +312,7 @@ def bilinear_sample(h: Tensor, positions: Tensor) -> Tensor:
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
     nodes = rearrange(h, "b c h w -> b c (h w)")
-    samples = h.new_zeros(b, c, y.numel() // b)
+    samples = h.new_zeros(b, c, math.prod(y.shape[1:]))
     for dy, dx, corner_weight in (
         (0, 0, (1 - fy) * (1 - fx)),
         (0, 1, (1 - fy) * fx),
@@ -450,7 +448,5 @@ def dynamic_message(
     _, groups = check_message_args(h, walks, affinity, weights, rate)
     neighbours = sample_neighbours(h, walks, rate)
     neighbours = rearrange(neighbours, "b k (g c) h w -> b k g c h w", g=groups)
-    messages = einsum(
-        affinity, weights, neighbours, "b k h w, b g k h w, b k g c h w -> b g c h w"
-    )
+    messages = einsum(affinity, weights, neighbours, "b k h w, b g k h w, b k g c h w -> b g c h w")
     return rearrange(messages, "b g c h w -> b (g c) h w")

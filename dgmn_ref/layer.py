@@ -102,9 +102,7 @@ class DynamicMessageCalculation(nn.Module):
         # eq. 4: walks start at zero, so training starts from uniform sampling (as DCN).
         self.walk_conv = None
         if dynamic_sampling:
-            self.walk_conv = nn.Conv2d(
-                channels, 2 * k, kernel_size, padding=padding, dilation=rate
-            )
+            self.walk_conv = nn.Conv2d(channels, 2 * k, kernel_size, padding=padding, dilation=rate)
             nn.init.zeros_(self.walk_conv.weight)
             nn.init.zeros_(self.walk_conv.bias)
 
