@@ -17,9 +17,17 @@ from torch import Tensor, nn
 
 from dgmn_ref import functional
 
-__all__ = ["DGMN", "DynamicMessageCalculation", "MessageFusion", "RateState", "IMPLS"]
+__all__ = [
+    "DGMN",
+    "DynamicMessageCalculation",
+    "MessageFusion",
+    "RateState",
+    "IMPLS",
+    "FUSIONS",
+]
 
 IMPLS = ("reference", "fast")
+FUSIONS = ("concat", "sum", "residual")
 
 
 def message_ops(impl: str) -> ModuleType:
@@ -70,10 +78,13 @@ class DynamicMessageCalculation(nn.Module):
         dynamic_sampling: bool = True,
         filter_norm: str = "none",
         affinity_norm: str = "softmax",
+        walk_init: str = "zero",
         impl: str = "reference",
     ) -> None:
         super().__init__()
         self.rate = functional.check_rate(rate)
+        if walk_init not in ("zero", "default"):
+            raise ValueError(f"walk_init: expected 'zero' or 'default', got {walk_init!r}")
         self.kernel_size = functional.check_kernel_size(kernel_size)
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 0:
             raise ValueError(f"groups: expected an int >= 0, got {groups!r}")
@@ -99,12 +110,14 @@ class DynamicMessageCalculation(nn.Module):
         k = self.num_neighbours = kernel_size**2
         padding = rate * (kernel_size // 2)
 
-        # eq. 4: walks start at zero, so training starts from uniform sampling (as DCN).
+        # eq. 4: walks start at zero, so training starts from uniform sampling (as DCN);
+        # walk_init="default" keeps PyTorch's random init, as the released code does.
         self.walk_conv = None
         if dynamic_sampling:
             self.walk_conv = nn.Conv2d(channels, 2 * k, kernel_size, padding=padding, dilation=rate)
-            nn.init.zeros_(self.walk_conv.weight)
-            nn.init.zeros_(self.walk_conv.bias)
+            if walk_init == "zero":
+                nn.init.zeros_(self.walk_conv.weight)
+                nn.init.zeros_(self.walk_conv.bias)
 
         # eq. 6: one conv predicts G*K filters then K affinity logits. Initialised so that
         # the layer starts as the uniform average (filters 1, affinities 1/K).
@@ -171,6 +184,9 @@ class MessageFusion(nn.Module):
 
     * ``"sum"``: :math:`H = \sigma(F + \alpha \sum_q \beta_q M_q)`, literally eq. 2-3
       (alpha and beta are learnable; only their product matters).
+    * ``"residual"``: :math:`H = F + \sum_q \gamma_q M_q` with gamma_q starting at 1 and no
+      non-linearity: the released code's fusion (``dynamic_weight.py``, see
+      ``docs/paper-vs-code.md``).
     * ``"concat"``: :math:`H = \sigma(\mathrm{BN}(W [F, M_1, \dots, M_S]))` with a 1x1 conv
       W: (S+1)C -> C. Writing W = [W_0, W_1, ..., W_S] this is
       :math:`\sigma(W_0 F + \sum_q W_q M_q)`: eq. 2-3 with beta_q generalised to a C x C
@@ -180,20 +196,24 @@ class MessageFusion(nn.Module):
 
     def __init__(self, channels: int, num_messages: int, fusion: str = "concat") -> None:
         super().__init__()
-        if fusion not in ("concat", "sum"):
-            raise ValueError(f"fusion: expected 'concat' or 'sum', got {fusion!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
         self.fusion = fusion
         if fusion == "concat":
             self.project = nn.Conv2d((num_messages + 1) * channels, channels, 1, bias=False)
             self.norm = nn.BatchNorm2d(channels)
-        else:
+        elif fusion == "sum":
             self.alpha = nn.Parameter(torch.ones(()))
             self.beta = nn.Parameter(torch.full((num_messages,), 1.0 / num_messages))
+        else:
+            self.gamma = nn.Parameter(torch.ones(num_messages))
 
     def forward(self, f: Tensor, messages: Sequence[Tensor]) -> Tensor:
         if self.fusion == "sum":
             m = functional.multi_rate_message(messages, self.beta)
             return functional.update(f, m, self.alpha)
+        if self.fusion == "residual":
+            return f + functional.multi_rate_message(messages, self.gamma)
         return torch.relu(self.norm(self.project(torch.cat([f, *messages], dim=1))))
 
 
@@ -235,10 +255,11 @@ class DGMN(nn.Module):
         groups: G, channel groups sharing one dynamic filter scalar per neighbour.
         kernel_size: ks, K = ks**2 neighbours per rate.
         dynamic_affinity, dynamic_weights, dynamic_sampling: the DA / DW / DS switches.
-        fusion: ``"concat"`` (default, reproduces Table 1a) or ``"sum"`` (eq. 2-3 literally),
-            see :class:`MessageFusion`.
+        fusion: ``"concat"`` (default, reproduces Table 1a), ``"sum"`` (eq. 2-3 literally)
+            or ``"residual"`` (the released code), see :class:`MessageFusion`.
         filter_norm: ``"none"`` (paper) or ``"softmax"`` over K (released code).
         affinity_norm: ``"softmax"`` over K (paper, eq. 7) or ``"sigmoid"`` (released code).
+        walk_init: ``"zero"`` (start from uniform sampling) or ``"default"`` (released code).
         impl: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
 
     Example:
@@ -259,6 +280,7 @@ class DGMN(nn.Module):
         fusion: str = "concat",
         filter_norm: str = "none",
         affinity_norm: str = "softmax",
+        walk_init: str = "zero",
         impl: str = "reference",
     ) -> None:
         super().__init__()
@@ -279,6 +301,7 @@ class DGMN(nn.Module):
                 dynamic_sampling=dynamic_sampling,
                 filter_norm=filter_norm,
                 affinity_norm=affinity_norm,
+                walk_init=walk_init,
                 impl=impl,
             )
             for rate in rates

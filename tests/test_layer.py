@@ -146,7 +146,8 @@ def test_gradcheck_tiny_layer_float64():
         (dict(channels=6, groups=4), "groups: expected a divisor of channels=6, got 4"),
         (dict(channels=8, groups=0), "G = 0 means no filters"),
         (dict(channels=8, rates=()), "rates: expected at least one"),
-        (dict(channels=8, fusion="mean"), "fusion: expected 'concat' or 'sum'"),
+        (dict(channels=8, fusion="mean"), "fusion: expected one of"),
+        (dict(channels=8, walk_init="random"), "walk_init: expected 'zero' or 'default'"),
         (dict(channels=8, impl="cuda"), "impl: expected one of"),
         (dict(channels=8, affinity_norm="tanh"), "affinity_norm: expected"),
         (dict(channels=0), "channels: expected an int >= 1, got 0"),
@@ -208,3 +209,12 @@ def test_deformable_mp_zero_walks_is_a_dilated_conv():
     x = torch.randn(1, 4, 6, 6)
     conv = torch.nn.functional.conv2d(x, layer.kernels[0], padding=2, dilation=2)
     torch.testing.assert_close(layer(x), torch.relu(x + layer.fusion.alpha * conv))
+
+
+def test_residual_fusion_and_default_walk_init_follow_the_released_code():
+    torch.manual_seed(0)
+    layer = DGMN(4, rates=(1, 2), groups=1, fusion="residual", walk_init="default")
+    f = randn(1, 4, 5, 5)
+    out, states = layer.forward_with_states(f)
+    assert all(s.walks.any() for s in states)  # random walks from the start
+    torch.testing.assert_close(out, f + states[0].message + states[1].message)
