@@ -331,6 +331,7 @@ def draw_walks(
     node: tuple[int, int],
     ax: Axes | None = None,
     title: str = "",
+    background: Tensor | None = None,
 ) -> Axes:
     """Walks drawn as arrows from the uniform positions to the walked ones, per rate.
 
@@ -338,9 +339,13 @@ def draw_walks(
         uniform: ``{rate: k p}`` uniform positions of the node's K neighbours (eq. 3).
         walked: ``{rate: k p}`` the same plus the predicted walks (eq. 4).
         node: the receiving node ``(y, x)``.
+        background: an optional ``h w`` map drawn under the arrows (e.g. the input feature).
     """
     ax = _axes(ax, figsize=(6.5, 6.5))
-    ax.add_patch(Rectangle((-0.5, -0.5), width, height, facecolor="#f4f4f4", edgecolor="0.4"))
+    if background is None:
+        ax.add_patch(Rectangle((-0.5, -0.5), width, height, facecolor="#f4f4f4", edgecolor="0.4"))
+    else:
+        ax.imshow(_numpy(background), cmap="Greys", alpha=0.45, interpolation="nearest")
     for q, rate in enumerate(uniform):
         colour = RATE_COLOURS[q % len(RATE_COLOURS)]
         u, w = _numpy(uniform[rate]), _numpy(walked[rate])
