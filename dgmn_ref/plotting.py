@@ -101,7 +101,10 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
     ys = [(s - 1) / 2 - q for q in range(s)]
     _box(ax, xs["f"], 0.0, "F\n(b, C, H, W)", "#dddddd", width=1.3)
     fusion = layer.fusion
-    if getattr(fusion, "fusion", "concat") == "sum":
+    kind = getattr(fusion, "fusion", "concat")
+    if kind == "residual":
+        fusion_text = "update (released code)\nH = F + Σ γ_q M_q"
+    elif kind == "sum":
         fusion_text = "update, eq. 2-3 (sum)\nH = ReLU(F + α Σ β_q M_q)"
     else:
         fusion_text = "update, eq. 2-3 (concat)\nH = ReLU(BN(W[F, M_1..S]))"
