@@ -35,6 +35,7 @@ __all__ = [
     "draw_kernels",
     "draw_map",
     "draw_scaling",
+    "draw_bars",
 ]
 
 #: One colour per sampling rate, in the order of the rates (Figure 2 uses blue / green).
@@ -436,4 +437,30 @@ def draw_scaling(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return ax
+
+
+def draw_bars(
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    title: str = "",
+    ylabel: str = "",
+    fmt: str = "{:.2f}",
+) -> Axes:
+    """Grouped bars: one group per label, one bar per series (e.g. "paper" vs "ours"),
+    each bar annotated with its value formatted by ``fmt``."""
+    ax = _axes(ax, figsize=(7.0, 4.0))
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    for q, (name, values) in enumerate(series.items()):
+        offset = (q - (len(series) - 1) / 2) * width
+        bars = ax.bar(x + offset, list(values), width, label=name, color=RATE_COLOURS[q])
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7, padding=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8, rotation=15, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
     return ax
