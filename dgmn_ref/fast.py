@@ -23,7 +23,8 @@ affinities and filters flow through the scalars with ordinary autograd.
 
 For eq. 6 the matrix transformation commutes with sampling, ``W_k (sum_f beta_f h_f) =
 sum_f beta_f (W_k h)_f``: when the projected map ``W_k h`` for all k is no wider than h
-(``K * o <= c``, the case of DGMN's filter/affinity predictor: o = G K + K = 45 < 512 / 9)
+(``K * o <= 4 c``, the case of DGMN's filter/affinity predictor: K o = 9 * 45 = 405 for
+c = 512 at G = 4)
 we project first with one matrix product and sample the ``o``-wide rows. Otherwise
 (e.g. the deformable baseline, o = c) we sample first, one neighbour at a time under
 :func:`torch.utils.checkpoint.checkpoint`, so only one ``b c h w`` sample is alive at once
@@ -136,6 +137,10 @@ class GatherSum(torch.autograd.Function):
             grad_coefficient = _row_dots(grad_out, index, table)
         return grad_table, None, grad_coefficient
 
+
+# neighbourhood_conv projects first while the K projected maps are at most this many
+# times as wide as h (the projection is what autograd keeps; K = 9 would be the reference)
+PROJECT_FIRST_WIDTH = 4
 
 # Work on blocks of nodes whose gathered rows take about this many bytes (cache-sized).
 BLOCK_BYTES = 2**21
@@ -294,7 +299,7 @@ def neighbourhood_conv(
               \,(W_k h)_{b,o,\mathrm{idx}(b,k,f,i)}
 
     Project first (one matrix product to the ``K * o`` projected rows, then one
-    embedding_bag of ``4 K`` rows per node) when ``K * o <= c``; otherwise sample first,
+    embedding_bag of ``4 K`` rows per node) when ``K * o <= 4 c``; otherwise sample first,
     one neighbour at a time, recomputed in backward (:func:`torch.utils.checkpoint`).
     Either way nothing ``b k c h w`` is built or saved. See
     :func:`dgmn_ref.functional.neighbourhood_conv` for the arguments.
@@ -312,7 +317,7 @@ def neighbourhood_conv(
     rows = _batch_rows(index)
     kernel = rearrange(weight, "o c kh kw -> (kh kw) o c")
 
-    if k * o <= c:
+    if k * o <= PROJECT_FIRST_WIDTH * c:
         # project first: table row ((b h w) k) holds (W_k h) at that pixel, o wide
         projected = einsum(h, kernel, "b c h w, k o c -> b h w k o")
         k_rows = rows * k + rearrange(torch.arange(k, device=h.device), "k -> 1 k 1 1 1")
