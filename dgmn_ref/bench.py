@@ -1,0 +1,476 @@
+"""``dgmn-ref bench``: wall time and peak memory of DGMN against its baselines (issue 6).
+
+Cases (all at C channels, batch b, an H x H map; S = 5 rates (1, 6, 12, 24, 36), K = 9):
+
+========================  ===================================================================
+``messages_reference``    the S dynamic messages alone (eq. 5-7), :mod:`dgmn_ref.functional`
+``messages_fast``         the same with :mod:`dgmn_ref.fast`
+``floor``                 a static depthwise dilated convolution with the same S x K taps
+                          (the same memory traffic, nothing dynamic)
+``dgmn_reference``        the whole DGMN block (walk, filter and affinity convolutions,
+                          messages, fusion), ``impl="reference"``
+``dgmn_fast``             the same, ``impl="fast"``
+``dgmn_da_dw``            DGMN with dynamic affinities and filters, phi = {1} (Table 1a), fast
+``nonlocal``              :class:`dgmn_ref.baselines.NonLocal2d`
+``aspp``                  :class:`dgmn_ref.baselines.ASPP`
+========================  ===================================================================
+
+Every (case, size) runs in a fresh Python process: its peak memory is that of the first
+forward + backward above what the inputs and parameters hold (``VmHWM`` reset through
+``/proc/self/clear_refs`` on Linux; ``torch.cuda.max_memory_allocated`` on CUDA), then the
+times are the median of ``--repeats`` runs after one warm-up: forward under
+``torch.no_grad()``, and forward + backward. The fitted exponent is the least-squares slope
+of log(forward + backward time) against log(N), N = H * W.
+
+Example::
+
+    dgmn-ref bench --quick --out results.json
+    python -m dgmn_ref.bench --sizes 48 97 145 193 --repeats 5 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CASES", "main", "run_case", "fit_exponent", "goals", "machine_info"]
+
+RATES = (1, 6, 12, 24, 36)
+KERNEL = 3
+CASES = (
+    "messages_reference",
+    "messages_fast",
+    "floor",
+    "dgmn_reference",
+    "dgmn_fast",
+    "dgmn_da_dw",
+    "nonlocal",
+    "aspp",
+)
+REFERENCE_CASES = ("messages_reference", "dgmn_reference")
+
+
+class Messages(nn.Module):
+    """The S dynamic messages of one DGMN layer with fixed random walks/affinities/filters.
+
+    Walks, affinities and filters are leaf inputs (they require grad), so forward +
+    backward measures eqs. 5-7 and their gradients alone, without the predictors.
+    """
+
+    def __init__(self, channels: int, size: int, impl: str, groups: int = 4) -> None:
+        super().__init__()
+        from dgmn_ref.layer import message_ops
+
+        self.ops = message_ops(impl)
+        k = KERNEL * KERNEL
+        g = torch.Generator().manual_seed(0)
+        self.walks = nn.ParameterList(
+            nn.Parameter(torch.randn(1, k, 2, size, size, generator=g) * 2) for _ in RATES
+        )
+        self.affinity = nn.ParameterList(
+            nn.Parameter(torch.randn(1, k, size, size, generator=g).softmax(1)) for _ in RATES
+        )
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(1, groups, k, size, size, generator=g)) for _ in RATES
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        b = h.shape[0]
+        out = 0
+        for rate, walks, affinity, weights in zip(
+            RATES, self.walks, self.affinity, self.weights, strict=True
+        ):
+            out = out + self.ops.dynamic_message(
+                h,
+                walks.expand(b, *walks.shape[1:]),
+                affinity.expand(b, *affinity.shape[1:]),
+                weights.expand(b, *weights.shape[1:]),
+                rate,
+            )
+        return out
+
+
+class DepthwiseFloor(nn.Module):
+    """S depthwise ``3 x 3`` convolutions with dilations ``RATES``, summed: S x K static taps."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, KERNEL, padding=r, dilation=r, groups=channels)
+            for r in RATES
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return sum(conv(h) for conv in self.convs)
+
+
+def build_case(case: str, channels: int, size: int) -> nn.Module:
+    """The module measured by ``case`` (see the module docstring)."""
+    from dgmn_ref.baselines import ASPP, NonLocal2d
+    from dgmn_ref.layer import DGMN
+
+    torch.manual_seed(0)
+    if case == "messages_reference":
+        return Messages(channels, size, "reference")
+    if case == "messages_fast":
+        return Messages(channels, size, "fast")
+    if case == "floor":
+        return DepthwiseFloor(channels)
+    if case == "dgmn_reference":
+        return DGMN(channels, rates=RATES, impl="reference")
+    if case == "dgmn_fast":
+        return DGMN(channels, rates=RATES, impl="fast")
+    if case == "dgmn_da_dw":
+        return DGMN(channels, rates=(1,), dynamic_sampling=False, impl="fast")
+    if case == "nonlocal":
+        return NonLocal2d(channels)
+    if case == "aspp":
+        return ASPP(channels)
+    raise ValueError(f"case: expected one of {CASES}, got {case!r}")
+
+
+# ----------------------------------------------------------------------- measuring
+def _proc_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
+
+
+def _reset_peak(device: torch.device) -> float:
+    """Start a peak-memory window; return the current level in MB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_kib("VmRSS") / 1024
+    except OSError:
+        return math.nan
+
+
+def _peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        return _proc_kib("VmHWM") / 1024
+    except OSError:
+        return math.nan
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_case(
+    case: str,
+    size: int,
+    channels: int = 512,
+    batch: int = 1,
+    repeats: int = 5,
+    device: str = "cpu",
+    autocast: str = "none",
+) -> dict:
+    """Measure one case at one size in this process (fresh processes give clean peaks).
+
+    Returns a dict with ``fwd_s`` and ``fwd_bwd_s`` (medians), their raw ``*_runs``, and
+    ``peak_mb`` (peak of the first forward + backward above the inputs and parameters).
+    """
+    dev = torch.device(device)
+    model = build_case(case, channels, size).to(dev)
+    model.train()
+    x = torch.randn(batch, channels, size, size, device=dev, requires_grad=True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast)
+
+    def forward() -> Tensor:
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            return model(x)
+
+    def fwd_bwd() -> None:
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        forward().float().sum().backward()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            forward()
+
+    base = _reset_peak(dev)
+    first = _timed(fwd_bwd, dev)  # also the warm-up
+    peak = _peak(dev) - base
+    fwd()
+    fwd_runs = [_timed(fwd, dev) for _ in range(repeats)]
+    fwd_bwd_runs = [_timed(fwd_bwd, dev) for _ in range(repeats)]
+    return {
+        "case": case,
+        "size": size,
+        "channels": channels,
+        "batch": batch,
+        "nodes": size * size,
+        "fwd_s": statistics.median(fwd_runs),
+        "fwd_bwd_s": statistics.median(fwd_bwd_runs),
+        "fwd_runs": fwd_runs,
+        "fwd_bwd_runs": fwd_bwd_runs,
+        "first_fwd_bwd_s": first,
+        "peak_mb": peak,
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _run_isolated(args: argparse.Namespace, case: str, size: int) -> dict:
+    """:func:`run_case` in a fresh interpreter; failures (e.g. out of memory) are recorded."""
+    spec = dict(
+        case=case,
+        size=size,
+        channels=args.channels,
+        batch=args.batch,
+        repeats=args.repeats,
+        device=args.device,
+        autocast=args.autocast,
+        threads=args.threads,
+    )
+    command = [sys.executable, "-m", "dgmn_ref.bench", "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    if done.returncode != 0:
+        return {"case": case, "size": size, "error": done.stderr[-2000:] or done.returncode}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _worker(spec: str) -> int:
+    kwargs = json.loads(spec)
+    torch.set_num_threads(kwargs.pop("threads"))
+    print(json.dumps(run_case(**kwargs)))
+    return 0
+
+
+# ----------------------------------------------------------------------- analysis
+def fit_exponent(sizes_times: Sequence[tuple[int, float]]) -> float | None:
+    """Least-squares slope of log(time) against log(N = H * W); None with < 2 sizes."""
+    points = [(math.log(s * s), math.log(t)) for s, t in sizes_times if t and t > 0]
+    if len({x for x, _ in points}) < 2:
+        return None
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    num = sum((x - mx) * (y - my) for x, y in points)
+    return num / sum((x - mx) ** 2 for x, _ in points)
+
+
+def _get(results: list[dict], case: str, size: int, key: str) -> float | None:
+    for r in results:
+        if r["case"] == case and r["size"] == size and key in r:
+            return r[key]
+    return None
+
+
+def goals(results: list[dict], size: int = 97, large: int = 193) -> list[dict]:
+    """The issue's goals as ratios from the same run: ``value``, ``target``, ``met``."""
+
+    def ratio(a: str, b: str, key: str, at: int) -> float | None:
+        x, y = _get(results, a, at, key), _get(results, b, at, key)
+        return x / y if x is not None and y else None
+
+    exponents = {
+        case: fit_exponent(
+            [(r["size"], r["fwd_bwd_s"]) for r in results if r["case"] == case and "fwd_bwd_s" in r]
+        )
+        for case in CASES
+    }
+    rows = [
+        (
+            "fast messages speed-up over reference (fwd+bwd)",
+            ratio("messages_reference", "messages_fast", "fwd_bwd_s", size),
+            ">=",
+            5.0,
+            size,
+        ),
+        (
+            "fast messages peak memory / reference",
+            ratio("messages_fast", "messages_reference", "peak_mb", size),
+            "<=",
+            0.4,
+            size,
+        ),
+        (
+            "DGMN block (fast) time / Non-local (fwd+bwd)",
+            ratio("dgmn_fast", "nonlocal", "fwd_bwd_s", size),
+            "<=",
+            0.5,
+            size,
+        ),
+        (
+            "DGMN block (fast) peak memory / Non-local",
+            ratio("dgmn_fast", "nonlocal", "peak_mb", size),
+            "<=",
+            0.5,
+            size,
+        ),
+        (
+            "DGMN block (fast) time / Non-local (fwd+bwd)",
+            ratio("dgmn_fast", "nonlocal", "fwd_bwd_s", large),
+            "<=",
+            0.2,
+            large,
+        ),
+        (
+            "fast messages time / static depthwise floor (fwd+bwd)",
+            ratio("messages_fast", "floor", "fwd_bwd_s", size),
+            "<=",
+            2.0,
+            size,
+        ),
+        ("time exponent in N, fast messages", exponents["messages_fast"], "<=", 1.1, None),
+        ("time exponent in N, DGMN block (fast)", exponents["dgmn_fast"], "<=", 1.1, None),
+        ("time exponent in N, Non-local (for comparison)", exponents["nonlocal"], "~", 2.0, None),
+    ]
+    out = []
+    for name, value, op, target, at in rows:
+        met = None
+        if value is not None and op != "~":
+            met = value >= target if op == ">=" else value <= target
+        out.append(dict(goal=name, size=at, value=value, op=op, target=target, met=met))
+    return out
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    """What the numbers depend on: CPU, threads, torch build, device, load."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": args.device,
+        "autocast": args.autocast,
+        "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    if args.device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def format_table(results: list[dict], goal_rows: list[dict]) -> str:
+    """A plain-text table of the results and the goals."""
+    lines = [f"{'case':<20} {'H':>4} {'fwd s':>9} {'fwd+bwd s':>10} {'peak MB':>9}"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['case']:<20} {r['size']:>4}  failed: {str(r['error'])[-60:]!r}")
+            continue
+        lines.append(
+            f"{r['case']:<20} {r['size']:>4} {r['fwd_s']:>9.3f} {r['fwd_bwd_s']:>10.3f} "
+            f"{r['peak_mb']:>9.1f}"
+        )
+    lines.append("")
+    for g in goal_rows:
+        value = "n/a" if g["value"] is None else f"{g['value']:.3g}"
+        met = {True: "met", False: "NOT met", None: ""}[g["met"]]
+        at = f" at {g['size']}x{g['size']}" if g["size"] else ""
+        lines.append(f"{g['goal']}{at}: {value} (goal {g['op']} {g['target']}) {met}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref bench",
+        description="Time and peak memory of DGMN (reference and fast) against Non-local, "
+        "ASPP and a static depthwise floor; see docs/benchmarks.md.",
+    )
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[48, 97, 145, 193],
+        help="map sizes H = W (default: the paper's 97 and the sweep)",
+    )
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument(
+        "--reference-max-size",
+        type=int,
+        default=97,
+        help="skip the reference cases above this size (they take minutes)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="C = 64, sizes 24 and 32, 2 repeats: a smoke test in seconds",
+    )
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.channels, args.sizes, args.repeats = 64, [24, 32], 2
+        args.reference_max_size = max(args.sizes)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dgmn-ref bench``; returns the exit status."""
+    args = parse_args(argv)
+    if args.worker is not None:
+        return _worker(args.worker)
+    results = []
+    for size in args.sizes:
+        for case in args.cases:
+            if case in REFERENCE_CASES and size > args.reference_max_size:
+                continue
+            result = _run_isolated(args, case, size)
+            results.append(result)
+            print(
+                json.dumps({k: v for k, v in result.items() if not k.endswith("_runs")}),
+                file=sys.stderr,
+                flush=True,
+            )
+    goal_rows = goals(
+        results,
+        size=97 if 97 in args.sizes else args.sizes[0],
+        large=193 if 193 in args.sizes else args.sizes[-1],
+    )
+    report = {
+        "machine": machine_info(args),
+        "config": vars(args),
+        "results": results,
+        "goals": goal_rows,
+    }
+    print(format_table(results, goal_rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
