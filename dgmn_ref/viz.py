@@ -248,7 +248,7 @@ def rate_colours(num_rates: int) -> list[dict[str, tuple[float, ...]]]:
     colours = []
     for s in range(num_rates):
         cmap = plt.get_cmap(RATE_FAMILIES[s % len(RATE_FAMILIES)])
-        colours.append({"light": cmap(0.35), "mid": cmap(0.6), "dark": cmap(0.85)})
+        colours.append({"light": cmap(0.45), "mid": cmap(0.65), "dark": cmap(0.85)})
     return colours
 
 
@@ -350,11 +350,11 @@ def plot_neighbourhood(
             ax.scatter(
                 u_cols,
                 u_rows,
-                s=60,
+                s=80,
                 facecolors="none",
                 edgecolors=[colour["light"]],
-                linewidths=1.5,
-                zorder=3,
+                linewidths=1.8,
+                zorder=4.5,  # above the walked dots, which sit on them while walks are short
                 label=f"rate {rate}: uniform",
             )
         if show_walked:
@@ -377,6 +377,7 @@ def plot_neighbourhood(
                 w_rows,
                 s=25 + 60 * k * affinity,
                 c=[colour["dark"]],
+                alpha=0.9,
                 edgecolors="white",
                 linewidths=0.6,
                 zorder=4,
@@ -480,7 +481,9 @@ def plot_node_views(
     title: str | None = None,
 ) -> Figure:
     """The three views side by side: neighbours, message sources, walk lengths."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.4), layout="constrained")
+    fig, axes = plt.subplots(
+        1, 3, figsize=(15, 3.6), layout="constrained", width_ratios=(1.35, 1, 1)
+    )
     plot_neighbourhood(
         data,
         node,

@@ -1,0 +1,213 @@
+"""notebooks/08_explore_walks.ipynb as a person uses it: JupyterLab in headless Chromium.
+
+Starts JupyterLab on 127.0.0.1 (token, free port, HOME and JUPYTER_* in a temporary folder,
+root_dir = a temporary copy of notebooks/ so nothing committed is modified), opens the
+notebook, runs all cells from the Run menu, moves the explorer's "node column x" slider and
+checks that the figure in the explorer's output area changed. Screenshots are written to
+``artifacts/browser/`` (ignored by git) and their paths printed.
+
+Skips, with the reason, when /usr/bin/chromium, playwright or jupyterlab is missing
+(``.ci/run`` installs Debian's chromium). Never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "08_explore_walks.ipynb"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "artifacts" / "browser"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem"
+EXPLORER = ".widget-interact"
+OUTPUT = f"{EXPLORER} .widget-output"
+
+
+def requirements() -> str | None:
+    """Why the test cannot run here, or None."""
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} not found (install Debian's chromium: apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as error:
+        return f"the playwright Python package is missing ({error})"
+    if shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)) is None:
+        return f"jupyter-lab not found beside {sys.executable} (pip install jupyterlab)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout:.0f} s")
+
+
+def pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def changed_fraction(before: bytes, after: bytes) -> float:
+    a, b = pixels(before), pixels(after)
+    if a.shape != b.shape:
+        return 1.0
+    return float((np.abs(a - b).max(axis=-1) > 16).mean())
+
+
+def test_explorer_in_jupyterlab(tmp_path):
+    reason = requirements()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import expect, sync_playwright
+
+    started = time.monotonic()
+    root = tmp_path / "notebooks"
+    shutil.copytree(REPO / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "JUPYTER_CONFIG_DIR": str(home / "jupyter"),
+        "JUPYTER_DATA_DIR": str(home / "jupyter-data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+        "MPLCONFIGDIR": str(home / "mpl"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    env.pop("MPLBACKEND", None)  # the kernel must use the inline backend
+    # No "get notified about Jupyter news?" toast over the output area.
+    labconfig = home / "jupyter" / "labconfig"
+    labconfig.mkdir(parents=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    port, token = free_port(), secrets.token_hex(16)
+    log = (tmp_path / "jupyter.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "jupyter-lab"),
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--allow-root",
+        ],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its kernels go in its process group
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = {name: ARTIFACTS / f"{name}.png" for name in ("before", "after", "page")}
+    page = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_server(f"{base}/api/status?token={token}", server)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
+                # The kernel is connected once the status bar says "| Idle".
+                expect(page.locator(STATUS).filter(has_text="| Idle")).to_be_visible(timeout=60_000)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+                output = page.locator(OUTPUT).first
+                expect(output.locator("img")).to_be_visible(timeout=90_000)
+                output.scroll_into_view_if_needed()
+                time.sleep(1.0)  # let the image finish painting
+                before = output.screenshot(path=str(shots["before"]))
+
+                slider = page.locator(f"{EXPLORER} .widget-hslider").filter(
+                    has_text="node column x"
+                )
+                readout = slider.locator(".widget-readout")
+                start = int(readout.inner_text())
+                slider.locator(".noUi-handle").focus()
+                for _ in range(4):
+                    page.keyboard.press("ArrowRight")
+                expect(readout).to_have_text(str(start + 4), timeout=10_000)
+
+                # Wait for the redraw: the output area re-renders its image.
+                deadline, fraction, after = time.monotonic() + 30, 0.0, before
+                while time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    if output.locator("img").count() == 0:
+                        continue
+                    after = output.screenshot()
+                    fraction = changed_fraction(before, after)
+                    if fraction > 0.002:
+                        time.sleep(1.0)  # the last of the queued redraws
+                        after = output.screenshot()
+                        break
+                shots["after"].write_bytes(after)
+                page.screenshot(path=str(shots["page"]), full_page=True)
+                for name, path in shots.items():
+                    print(f"screenshot {name}: {path}")
+                fraction = changed_fraction(before, after)
+                print(f"changed pixels: {fraction:.2%}; {time.monotonic() - started:.1f} s")
+                assert fraction > 0.002, (
+                    f"moving the node slider from x={start} to x={start + 4} left the explorer's "
+                    f"figure unchanged ({fraction:.3%} of pixels differ); see {shots['before']} "
+                    f"and {shots['after']}"
+                )
+            finally:
+                if page is not None and not shots["page"].exists():
+                    page.screenshot(path=str(shots["page"]), full_page=True)
+                    print(f"screenshot page (at failure): {shots['page']}")
+                browser.close()
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        except ProcessLookupError:
+            pass
+        log.close()
+    assert time.monotonic() - started < 120, "the browser test must finish within 2 minutes"
