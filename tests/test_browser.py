@@ -46,6 +46,7 @@ CHROMIUM_ARGS = [
 STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem"
 EXPLORER = ".widget-interact"
 OUTPUT = f"{EXPLORER} .widget-output"
+MIN_CHANGE = 0.002  # fraction of the output area's pixels that must change
 
 
 def requirements() -> str | None:
@@ -92,6 +93,22 @@ def changed_fraction(before: bytes, after: bytes) -> float:
     if a.shape != b.shape:
         return 1.0
     return float((np.abs(a - b).max(axis=-1) > 16).mean())
+
+
+def wait_for_redraw(output, before: bytes, timeout: float = 30.0) -> tuple[bytes, float]:
+    """Screenshots of the output area until it differs from ``before`` (then once more, for
+    the last queued redraw); returns the last screenshot and its changed fraction."""
+    deadline, after = time.monotonic() + timeout, before
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if output.locator("img").count() == 0:  # cleared, not yet redrawn
+            continue
+        after = output.screenshot()
+        if changed_fraction(before, after) > MIN_CHANGE:
+            time.sleep(1.0)
+            after = output.screenshot()
+            break
+    return after, changed_fraction(before, after)
 
 
 def test_explorer_in_jupyterlab(tmp_path):
@@ -141,7 +158,9 @@ def test_explorer_in_jupyterlab(tmp_path):
         start_new_session=True,  # its kernels go in its process group
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shots = {name: ARTIFACTS / f"{name}.png" for name in ("before", "after", "page")}
+    shots = {name: ARTIFACTS / f"{name}.png" for name in ("before", "after", "no_uniform", "page")}
+    for path in shots.values():
+        path.unlink(missing_ok=True)
     page = None
     try:
         base = f"http://127.0.0.1:{port}"
@@ -172,29 +191,27 @@ def test_explorer_in_jupyterlab(tmp_path):
                     page.keyboard.press("ArrowRight")
                 expect(readout).to_have_text(str(start + 4), timeout=10_000)
 
-                # Wait for the redraw: the output area re-renders its image.
-                deadline, fraction, after = time.monotonic() + 30, 0.0, before
-                while time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    if output.locator("img").count() == 0:
-                        continue
-                    after = output.screenshot()
-                    fraction = changed_fraction(before, after)
-                    if fraction > 0.002:
-                        time.sleep(1.0)  # the last of the queued redraws
-                        after = output.screenshot()
-                        break
+                after, fraction = wait_for_redraw(output, before)
                 shots["after"].write_bytes(after)
-                page.screenshot(path=str(shots["page"]), full_page=True)
-                for name, path in shots.items():
-                    print(f"screenshot {name}: {path}")
-                fraction = changed_fraction(before, after)
-                print(f"changed pixels: {fraction:.2%}; {time.monotonic() - started:.1f} s")
-                assert fraction > 0.002, (
+                print(f"node x {start} -> {start + 4}: {fraction:.2%} of pixels changed")
+                assert fraction > MIN_CHANGE, (
                     f"moving the node slider from x={start} to x={start + 4} left the explorer's "
                     f"figure unchanged ({fraction:.3%} of pixels differ); see {shots['before']} "
                     f"and {shots['after']}"
                 )
+
+                # Toggle uniform vs learned positions: the rings of eq. (3) disappear.
+                page.locator(f"{EXPLORER} .widget-checkbox").filter(
+                    has_text="uniform positions"
+                ).locator("input").uncheck()
+                unticked, fraction = wait_for_redraw(output, after)
+                shots["no_uniform"].write_bytes(unticked)
+                print(f"uniform positions off: {fraction:.2%} of pixels changed")
+                assert fraction > MIN_CHANGE, "unticking 'uniform positions' changed nothing"
+                page.screenshot(path=str(shots["page"]), full_page=True)
+                for name, path in shots.items():
+                    print(f"screenshot {name}: {path}")
+                print(f"browser part: {time.monotonic() - started:.1f} s")
             finally:
                 if page is not None and not shots["page"].exists():
                     page.screenshot(path=str(shots["page"]), full_page=True)

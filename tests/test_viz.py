@@ -268,3 +268,18 @@ def test_explorer_widget():
     controls["node row y"].value = 1  # redraws without error
     controls["rates"].value = (2,)
     controls["layer"].value = "b"
+
+
+def test_notebook_08_committed_with_its_static_views():
+    """nbval only runs cells saved without outputs, so check the outputs were committed: the
+    static views must read on GitHub without a kernel."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "08_explore_walks.ipynb"
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] for c in cells[1:]), f"{path.name}: re-execute it (make notebooks)"
+    images = sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"])
+    assert images >= 4, f"{path.name}: expected the static figures, found {images} images"
+    explorer = [c for c in cells if "viz.explorer(" in "".join(c["source"])]
+    assert explorer and "".join(explorer[0]["source"]).startswith("# NBVAL_IGNORE_OUTPUT")
