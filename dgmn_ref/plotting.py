@@ -417,8 +417,12 @@ def draw_scaling(
     ylabel: str = "",
     xlabel: str = "feature-map side H = W",
     logy: bool = True,
+    logx: bool = False,
 ) -> Axes:
-    """One line per series of a quantity (MACs, seconds, bytes) against the map size."""
+    """One line per series of a quantity (MACs, seconds, bytes) against the map size.
+
+    With ``logx=logy=True`` a cost proportional to N**a is a straight line of slope a.
+    """
     ax = _axes(ax, figsize=(6.0, 4.0))
     for q, (name, values) in enumerate(series.items()):
         n = min(len(sizes), len(values))
@@ -432,6 +436,8 @@ def draw_scaling(
         )
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
