@@ -130,7 +130,10 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
         conv_text = head + "\n" + (", ".join(parts) if parts else "static w, A")
         _box(ax, xs["conv"], y, conv_text, "#d9ead3", width=2.4)
         _box(ax, xs["msg"], y, f"DMC_{q + 1}\nM_{q + 1} (b, C, H, W)", colour + "99")
-        ax.text(xs["beta"], y, f"β_{q + 1}", ha="center", va="center", fontsize=10)
+        # the weight of message q in the update: beta_q (eq. 3), a C x C block W_q of the
+        # concat projection, or the released code's gamma_q
+        scale = {"sum": "β", "residual": "γ"}.get(kind, "W")
+        ax.text(xs["beta"], y, f"{scale}_{q + 1}", ha="center", va="center", fontsize=10)
         for a, b in (("us", "walk"), ("walk", "conv"), ("conv", "msg")):
             left = 1.2 if a == "conv" else 0.75
             right = 1.2 if b == "conv" else 0.75

@@ -44,7 +44,8 @@ def test_draw_pipeline_follows_the_layer(name: str) -> None:
 @pytest.mark.parametrize("fusion", ["concat", "sum", "residual"])
 def test_draw_pipeline_fusions(fusion: str) -> None:
     ax = plotting.draw_pipeline(DGMN(8, rates=(1, 2), fusion=fusion))
-    assert ("β" in _texts(ax) or "γ" in _texts(ax)) and "H =" in _texts(ax)
+    scale = {"concat": "W", "sum": "β", "residual": "γ"}[fusion]
+    assert f"{scale}_1" in _texts(ax) and f"{scale}_2" in _texts(ax) and "H =" in _texts(ax)
 
 
 def test_draw_adjacency_and_node_row() -> None:
