@@ -51,7 +51,7 @@ lint: venv
 # Re-execute every notebook in place so that its committed outputs are fresh.
 notebooks: venv
 	$(TESTENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+		--ExecutePreprocessor.timeout=600 --NotebookClient.record_timing=False notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info
