@@ -21,6 +21,9 @@ in :mod:`dgmn_ref.functional`. On an image of size ``H x W`` a feature pixel ``(
 
 from __future__ import annotations
 
+import base64
+import io
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +51,7 @@ __all__ = [
     "plot_message_sources",
     "plot_walk_lengths",
     "plot_node_views",
+    "render_png",
     "explorer",
 ]
 
@@ -479,11 +483,15 @@ def plot_node_views(
     show_uniform: bool = True,
     show_walked: bool = True,
     title: str | None = None,
+    fig: Figure | None = None,
 ) -> Figure:
-    """The three views side by side: neighbours, message sources, walk lengths."""
-    fig, axes = plt.subplots(
-        1, 3, figsize=(15, 3.6), layout="constrained", width_ratios=(1.35, 1, 1)
-    )
+    """The three views side by side: neighbours, message sources, walk lengths.
+
+    ``fig``: an empty figure to draw into (default: a new pyplot figure, 15 x 3.6 in).
+    """
+    if fig is None:
+        fig = plt.figure(figsize=(15, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=(1.35, 1, 1))
     plot_neighbourhood(
         data,
         node,
@@ -501,6 +509,18 @@ def plot_node_views(
     return fig
 
 
+def render_png(fig: Figure, dpi: int = 72) -> bytes:
+    """The figure as PNG bytes; the figure is closed (so no backend shows it again)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# The kernel may run widget callbacks concurrently (ipykernel 7); one redraw at a time.
+_REDRAW = threading.Lock()
+
+
 def explorer(
     layers: Mapping[str, WalkData],
     images: np.ndarray | Sequence[np.ndarray],
@@ -510,8 +530,8 @@ def explorer(
 
     Sliders pick the image and the receiving node (row y, column x in feature pixels); a
     multiple selection toggles the rates; two check boxes toggle the uniform and the
-    walked positions; a drop-down switches between the model's DGMN layers. The figure is
-    redrawn in place in the explorer's output area.
+    walked positions; a drop-down switches between the model's DGMN layers. Every change
+    redraws the figure and replaces the output area's content in one assignment.
 
     Args:
         layers: ``{name: WalkData}`` from :func:`extract_from_model` (same batch of images).
@@ -519,7 +539,8 @@ def explorer(
         node: the initial receiving node (default: the centre).
 
     Returns:
-        an ``ipywidgets.interactive`` (display it, or let it be a cell's last value).
+        an ``ipywidgets.VBox`` with CSS class ``dgmn-explorer``: ``children[0]`` the
+        controls (a VBox), ``children[1]`` the figure (an ``Output`` holding one PNG).
     """
     import ipywidgets as widgets  # optional dependency (the "notebooks" extra)
 
@@ -533,26 +554,20 @@ def explorer(
     layout = widgets.Layout(width="420px")
     style = {"description_width": "110px"}
 
-    def show(layer, image, y, x, rates, uniform, walked):
-        data = layers[layer]
-        h, w = data.size
-        chosen = [rate for rate in rates if rate in data.rates] or None
-        node = (min(y, h - 1), min(x, w - 1))
-        plot_node_views(
-            data,
-            node,
-            images[image],
-            batch=image,
-            rates=chosen,
-            show_uniform=uniform,
-            show_walked=walked,
-            title=f"layer {layer or '(model)'}, image {image}",
+    def slider(value: int, top: int, description: str):
+        # Redraw when the handle is released (or per arrow key), not for every pixel dragged.
+        return widgets.IntSlider(
+            value,
+            0,
+            top,
+            description=description,
+            continuous_update=False,
+            layout=layout,
+            style=style,
         )
-        plt.show()
 
-    return widgets.interactive(
-        show,
-        layer=widgets.Dropdown(
+    controls = {
+        "layer": widgets.Dropdown(
             options=names,
             value=names[0],
             description="layer",
@@ -560,16 +575,10 @@ def explorer(
             layout=layout,
             style=style,
         ),
-        image=widgets.IntSlider(
-            0, 0, first.batch - 1, description="image", layout=layout, style=style
-        ),
-        y=widgets.IntSlider(
-            y0, 0, height - 1, description="node row y", layout=layout, style=style
-        ),
-        x=widgets.IntSlider(
-            x0, 0, width - 1, description="node column x", layout=layout, style=style
-        ),
-        rates=widgets.SelectMultiple(
+        "image": slider(0, first.batch - 1, "image"),
+        "y": slider(y0, height - 1, "node row y"),
+        "x": slider(x0, width - 1, "node column x"),
+        "rates": widgets.SelectMultiple(
             options=all_rates,
             value=tuple(all_rates),
             description="rates",
@@ -577,6 +586,49 @@ def explorer(
             layout=layout,
             style=style,
         ),
-        uniform=widgets.Checkbox(True, description="uniform positions", style=style),
-        walked=widgets.Checkbox(True, description="learned (walked) positions", style=style),
-    )
+        "uniform": widgets.Checkbox(True, description="uniform positions", style=style),
+        "walked": widgets.Checkbox(True, description="learned (walked) positions", style=style),
+    }
+    picture = widgets.Output()
+
+    def redraw(change=None) -> None:
+        with _REDRAW:
+            draw()
+
+    def draw() -> None:
+        value = {name: control.value for name, control in controls.items()}
+        data = layers[value["layer"]]
+        h, w = data.size
+        chosen = [rate for rate in value["rates"] if rate in data.rates] or None
+        image = value["image"]
+        title = f"layer {value['layer'] or '(model)'}, image {image}"
+        # A Figure outside pyplot: no global state shared with other callbacks or cells.
+        fig = Figure(figsize=(15, 3.6), layout="constrained")
+        plot_node_views(
+            data,
+            (min(value["y"], h - 1), min(value["x"], w - 1)),
+            images[image],
+            batch=image,
+            rates=chosen,
+            show_uniform=value["uniform"],
+            show_walked=value["walked"],
+            title=title,
+            fig=fig,
+        )
+        png = base64.b64encode(render_png(fig)).decode("ascii")
+        # One assignment replaces the shown figure: no clear_output / display pair that two
+        # quick changes could interleave (stacking figures), no Image-widget blob swap.
+        picture.outputs = (
+            {
+                "output_type": "display_data",
+                "data": {"image/png": png, "text/plain": f"<Figure: {title}>"},
+                "metadata": {},
+            },
+        )
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    box = widgets.VBox([widgets.VBox(list(controls.values())), picture])
+    box.add_class("dgmn-explorer")
+    return box

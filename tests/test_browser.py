@@ -3,8 +3,8 @@
 Starts JupyterLab on 127.0.0.1 (token, free port, HOME and JUPYTER_* in a temporary folder,
 root_dir = a temporary copy of notebooks/ so nothing committed is modified), opens the
 notebook, runs all cells from the Run menu, moves the explorer's "node column x" slider and
-checks that the figure in the explorer's output area changed. Screenshots are written to
-``artifacts/browser/`` (ignored by git) and their paths printed.
+checks that the explorer's figure changed, then unticks "uniform positions" and checks again.
+Screenshots are written to ``artifacts/browser/`` (ignored by git) and their paths printed.
 
 Skips, with the reason, when /usr/bin/chromium, playwright or jupyterlab is missing
 (``.ci/run`` installs Debian's chromium). Never downloads a browser.
@@ -44,9 +44,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem"
-EXPLORER = ".widget-interact"
-OUTPUT = f"{EXPLORER} .widget-output"
-MIN_CHANGE = 0.002  # fraction of the output area's pixels that must change
+EXPLORER = ".dgmn-explorer"
+OUTPUT = f"{EXPLORER} .widget-output"  # holds the figure, replaced on every change
+MIN_CHANGE = 0.002  # fraction of the figure's pixels that must change
 
 
 def requirements() -> str | None:
@@ -88,6 +88,11 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
+def ink(png: bytes) -> float:
+    """Fraction of pixels that are not near-white (a blank or half-drawn figure has few)."""
+    return float((pixels(png).min(axis=-1) < 235).mean())
+
+
 def changed_fraction(before: bytes, after: bytes) -> float:
     a, b = pixels(before), pixels(after)
     if a.shape != b.shape:
@@ -96,12 +101,12 @@ def changed_fraction(before: bytes, after: bytes) -> float:
 
 
 def wait_for_redraw(output, before: bytes, timeout: float = 30.0) -> tuple[bytes, float]:
-    """Screenshots of the output area until it differs from ``before`` (then once more, for
+    """Screenshots of the figure until it differs from ``before`` (then once more, for
     the last queued redraw); returns the last screenshot and its changed fraction."""
     deadline, after = time.monotonic() + timeout, before
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if output.locator("img").count() == 0:  # cleared, not yet redrawn
+        if output.locator("img").count() == 0:  # being replaced
             continue
         after = output.screenshot()
         if changed_fraction(before, after) > MIN_CHANGE:
@@ -133,7 +138,7 @@ def test_explorer_in_jupyterlab(tmp_path):
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }
     env.pop("MPLBACKEND", None)  # the kernel must use the inline backend
-    # No "get notified about Jupyter news?" toast over the output area.
+    # No "get notified about Jupyter news?" toast over the figure.
     labconfig = home / "jupyter" / "labconfig"
     labconfig.mkdir(parents=True)
     (labconfig / "page_config.json").write_text(
@@ -208,6 +213,9 @@ def test_explorer_in_jupyterlab(tmp_path):
                 shots["no_uniform"].write_bytes(unticked)
                 print(f"uniform positions off: {fraction:.2%} of pixels changed")
                 assert fraction > MIN_CHANGE, "unticking 'uniform positions' changed nothing"
+                for name in ("before", "after", "no_uniform"):
+                    drawn = ink(shots[name].read_bytes())
+                    assert drawn > 0.2, f"{shots[name]} is nearly blank ({drawn:.1%} ink)"
                 page.screenshot(path=str(shots["page"]), full_page=True)
                 for name, path in shots.items():
                     print(f"screenshot {name}: {path}")

@@ -3,6 +3,8 @@ references, and the plot functions draw the artists they promise."""
 
 from __future__ import annotations
 
+import base64
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -261,13 +263,28 @@ def test_explorer_widget():
     data = viz.extract_walks(make_layer((1, 2)), torch.randn(2, 8, 6, 9, dtype=torch.float64))
     images = np.random.default_rng(0).uniform(size=(2, 24, 36, 3))
     ui = viz.explorer({"a": data, "b": data}, images)
-    assert isinstance(ui, widgets.interactive)
-    controls = {child.description: child for child in ui.children[:-1]}
+    assert isinstance(ui, widgets.VBox) and "dgmn-explorer" in ui._dom_classes
+    panel, picture = ui.children
+    controls = {child.description: child for child in panel.children}
     assert set(controls) >= {"layer", "image", "node row y", "node column x", "rates"}
     assert controls["node row y"].max == 5 and controls["node column x"].max == 8
-    controls["node row y"].value = 1  # redraws without error
-    controls["rates"].value = (2,)
-    controls["layer"].value = "b"
+
+    def shown():
+        (output,) = picture.outputs
+        return base64.b64decode(output["data"]["image/png"])
+
+    assert shown()[:8] == b"\x89PNG\r\n\x1a\n"
+    for description, value in [
+        ("node row y", 1),
+        ("rates", (2,)),
+        ("layer", "b"),
+        ("uniform positions", False),
+        ("image", 1),
+    ]:
+        before = shown()
+        controls[description].value = value
+        assert shown() != before, f"changing {description!r} did not redraw"
+    assert not plt.get_fignums(), "the explorer must close the figures it renders"
 
 
 def test_notebook_08_committed_with_its_static_views():
