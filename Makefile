@@ -38,7 +38,7 @@ notebooks-test: venv
 		--nbval-cell-timeout 300 -p no:cacheprovider -q
 
 browser-test: venv
-	$(TESTENV) $(BIN)/python -m pytest tests -m browser -q -rs
+	$(TESTENV) $(BIN)/python -m pytest tests -m browser -q -rs -rP
 
 # The whole suite: unit tests, every notebook under strict nbval, the browser test
 # (skipped with the reason printed when Chromium is missing).
