@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
@@ -214,7 +215,11 @@ class MessageFusion(nn.Module):
             return functional.update(f, m, self.alpha)
         if self.fusion == "residual":
             return f + functional.multi_rate_message(messages, self.gamma)
-        return torch.relu(self.norm(self.project(torch.cat([f, *messages], dim=1))))
+        # W [F, M_1..M_S] computed as W_0 F + sum_q W_q M_q: the same numbers without
+        # holding the (S+1)C-channel concatenation for backward.
+        blocks = self.project.weight.split(f.shape[1], dim=1)
+        fused = sum(F.conv2d(x, w) for x, w in zip([f, *messages], blocks, strict=True))
+        return torch.relu(self.norm(fused))
 
 
 class DGMN(nn.Module):
@@ -325,7 +330,10 @@ class DGMN(nn.Module):
             raise ValueError(
                 f"input: expected shape (b, {self.channels}, h, w), got {tuple(f.shape)}"
             )
-        states = [dmc(f) for dmc in self.rate_messages]  # H^(0) = F, T = 1
+        h = f
+        if self.impl == "fast":  # the fast gathers read rows of a channels-last map in place
+            h = f.contiguous(memory_format=torch.channels_last)
+        states = [dmc(h) for dmc in self.rate_messages]  # H^(0) = F, T = 1
         return self.fusion(f, [state.message for state in states]), states
 
     def forward(self, f: Tensor) -> Tensor:
