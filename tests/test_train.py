@@ -147,6 +147,10 @@ def test_cli_train_then_evaluate(synthetic_root, tmp_path, capsys):
         (["--dataset", "coco", "--root", "/no/such/dir"], "'/no/such/dir' is not a directory"),
         (["--variant", "dadw"], "variant: expected one of"),
         (["--out", "/no/run", "--resume"], "no config.json in /no/run"),
+        (["--dataset", "synthetic", "--optimizer", "adam"], "optimizer: expected one of"),
+        (["--dataset", "synthetic", "--context", "nonlocal", "--rates", "1", "2"],
+         "rates: only for contexts"),
+        (["--dataset", "synthetic", "--rates", "0"], "rates: expected a list of ints >= 1"),
     ],
 )  # fmt: skip
 def test_cli_bad_input(argv, message, capsys):
@@ -154,3 +158,16 @@ def test_cli_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
     assert evaluate_main(["/no/such/run"]) == 2
     assert "no checkpoint at /no/such/run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_rates_override_and_optimizer(synthetic_root, tmp_path, optimizer):
+    cfg = tiny_config(
+        synthetic_root, tmp_path / "run", rates=[1, 2], optimizer=optimizer, iterations=2
+    )
+    result = train(cfg.check())
+    assert result["model"].context.rates == (1, 2), "rates must replace the variant's"
+    saved = load_run(tmp_path / "run")
+    assert saved["config"]["rates"] == [1, 2]
+    kind = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
+    assert ("exp_avg" in str(saved["optimizer"]["state"])) == (kind is torch.optim.AdamW)
