@@ -18,7 +18,6 @@ is then fed into the proposed DGMN module as input." (sec. 4.1)
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ __all__ = [
     "SegmentationModel",
     "build_context",
     "load_imagenet_weights",
-    "resolve_impl",
 ]
 
 CONTEXTS: tuple[str, ...] = ("none", "dgmn", "nonlocal", "aspp", "deformable")
@@ -52,22 +50,6 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-
-
-def resolve_impl(impl: str) -> str:
-    """``impl`` if it can be used; ``"fast"`` falls back to ``"reference"`` with a warning
-    while :mod:`dgmn_ref.fast` does not exist yet."""
-    if impl not in ("reference", "fast"):
-        raise ValueError(f"impl: expected 'reference' or 'fast', got {impl!r}")
-    if impl == "fast":
-        try:
-            import dgmn_ref.fast  # noqa: F401
-        except ImportError as err:
-            msg = f"impl='fast' unavailable ({err}); using impl='reference'"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            print(f"warning: {msg}")
-            return "reference"
-    return impl
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -276,14 +258,14 @@ def build_context(
         return nn.Identity()
     if name == "dgmn":
         kwargs = {**variant_kwargs(variant), **overrides}
-        return DGMN(channels, impl=resolve_impl(impl), **kwargs)
+        return DGMN(channels, impl=impl, **kwargs)
     if name == "nonlocal":
         return NonLocalHead(channels, **overrides)
     if name == "aspp":
         overrides.setdefault("branch_channels", max(channels // 2, 1))
         return ASPP(channels, **overrides)
     if name == "deformable":
-        return DeformableMessagePassing(channels, impl=resolve_impl(impl), **overrides)
+        return DeformableMessagePassing(channels, impl=impl, **overrides)
     raise ValueError(f"context: expected one of {CONTEXTS}, got {name!r}")
 
 
