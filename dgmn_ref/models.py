@@ -70,7 +70,6 @@ class BasicBlock(nn.Module):
         dilation: int = 1,
         first_dilation: int = 1,
         downsample: nn.Module | None = None,
-        base_width: int = 64,
     ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride, first_dilation)
