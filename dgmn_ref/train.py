@@ -40,6 +40,7 @@ from dgmn_ref.data.labels import (
     COCO_SEMANTIC_CLASSES,
     IGNORE_INDEX,
 )
+from dgmn_ref.layer import IMPLS
 from dgmn_ref.metrics import SegmentationMeter
 from dgmn_ref.models import CONTEXTS, DEPTHS, SegmentationModel, load_imagenet_weights
 from dgmn_ref.runtime import (
@@ -80,6 +81,16 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SYNTHETIC_ROOT = "data/synthetic_cityscapes"
 # context modules that take sampling rates (TrainConfig.rates)
 RATED_CONTEXTS: tuple[str, ...] = ("dgmn", "deformable", "aspp")
+# The settings with a fixed set of values (checked by TrainConfig.check, listed in --help).
+CHOICES: dict[str, tuple] = {
+    "dataset": DATASETS,
+    "context": CONTEXTS,
+    "variant": tuple(sorted(PAPER_VARIANTS)),
+    "impl": IMPLS,
+    "amp": AMP_MODES,
+    "depth": tuple(sorted(DEPTHS)),
+    "optimizer": OPTIMIZERS,
+}
 # Settings that may change when a run is resumed; all others must match the saved config.
 RUNTIME_FIELDS = frozenset(
     {"out", "progress", "num_workers", "log_every", "checkpoint_every", "device", "root"}
@@ -136,16 +147,7 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         """Raise ``ValueError`` naming the bad value and what was expected."""
-        choices = {
-            "dataset": DATASETS,
-            "context": CONTEXTS,
-            "variant": tuple(PAPER_VARIANTS),
-            "impl": ("fast", "reference"),
-            "amp": AMP_MODES,
-            "depth": tuple(DEPTHS),
-            "optimizer": OPTIMIZERS,
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         for name in ("iterations", "batch_size", "width", "head_channels", "checkpoint_every"):
@@ -580,20 +582,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--evaluate", action="store_true", help="evaluate on val at the end")
-    choices = {
-        "dataset": DATASETS,
-        "context": CONTEXTS,
-        "variant": sorted(PAPER_VARIANTS),
-        "impl": ("fast", "reference"),
-        "amp": AMP_MODES,
-        "depth": sorted(DEPTHS),
-        "optimizer": OPTIMIZERS,
-    }
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = _flag_type(f)
         # choices are checked by TrainConfig.check, whose message names value and choices
-        hint = f"one of {', '.join(map(str, choices[f.name]))}" if f.name in choices else None
+        hint = f"one of {', '.join(map(str, CHOICES[f.name]))}" if f.name in CHOICES else None
         if kind is None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif f.name in ("crop_size", "scale_range", "rates"):
