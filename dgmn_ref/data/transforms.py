@@ -36,14 +36,18 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     )
 
 
+def _per_channel(image: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
+    """``values`` as a ``c 1 1`` tensor of ``image``'s dtype and device, to broadcast."""
+    return rearrange(torch.tensor(values, dtype=image.dtype, device=image.device), "c -> c 1 1")
+
+
 def normalize(
     image: torch.Tensor,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
     """``(x - mean) / std`` per channel; ``image`` is ``(c h w)`` or ``(b c h w)`` in [0, 1]."""
-    mean_t = rearrange(torch.tensor(mean, dtype=image.dtype), "c -> c 1 1")
-    std_t = rearrange(torch.tensor(std, dtype=image.dtype), "c -> c 1 1")
+    mean_t, std_t = _per_channel(image, mean), _per_channel(image, std)
     return (image - mean_t) / std_t
 
 
@@ -53,8 +57,7 @@ def denormalize(
     std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
     """Inverse of :func:`normalize`, clamped to [0, 1] (for plotting)."""
-    mean_t = rearrange(torch.tensor(mean, dtype=image.dtype), "c -> c 1 1")
-    std_t = rearrange(torch.tensor(std, dtype=image.dtype), "c -> c 1 1")
+    mean_t, std_t = _per_channel(image, mean), _per_channel(image, std)
     return (image * std_t + mean_t).clamp(0, 1)
 
 
