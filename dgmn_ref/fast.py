@@ -195,6 +195,9 @@ def _scatter_rows(grad_out: Tensor, index: Tensor, coefficient: Tensor, rows: in
 
 def gather_sum(table: Tensor, index: Tensor, coefficient: Tensor) -> Tensor:
     """:class:`GatherSum`, index as int32 when it fits, the coefficient in the table's dtype."""
+    if table.shape[-1] == 0:
+        # zero channels (embedding_bag refuses them): an empty result, still in the graph
+        return rearrange(coefficient.sum(-1).to(table.dtype), "n g -> n g 1")[..., :0]
     index = index.to(_index_dtype(table.shape[0] * table.shape[1])).contiguous()
     return GatherSum.apply(table.contiguous(), index, coefficient.to(table.dtype).contiguous())
 

@@ -42,6 +42,7 @@ __all__ = [
     "normalise_affinity",
     "dynamic_message",
     "check_message_args",
+    "check_switch",
 ]
 
 
@@ -65,6 +66,13 @@ def check_rate(rate: int) -> int:
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
         raise ValueError(f"rate: expected an int >= 1, got {rate!r}")
     return rate
+
+
+def check_switch(name: str, value: bool) -> bool:
+    """Validate an on/off switch (DA, DW, DS of Table 1b): exactly ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
 
 
 def check_kernel_size(kernel_size: int) -> int:
@@ -305,14 +313,16 @@ def bilinear_sample(h: Tensor, positions: Tensor) -> Tensor:
         positions: ``b k p h w``, absolute (y, x) in pixels of h.
 
     Returns:
-        samples ``b k c h w``: ``samples[b, k, :, y, x] = h[b, :, positions[b, k, :, y, x]]``.
+        samples ``b k c h w``: ``samples[b, k, :, y, x] = h[b, :, positions[b, k, :, y, x]]``,
+        in the wider of the dtypes of h and positions.
     """
     b, c, height, width = h.shape
     y, x = positions.unbind(dim=2)  # b k h w
     y0, x0 = torch.floor(y), torch.floor(x)
     fy, fx = y - y0, x - x0
-    nodes = rearrange(h, "b c h w -> b c (h w)")
-    samples = h.new_zeros(b, c, math.prod(y.shape[1:]))
+    dtype = torch.promote_types(h.dtype, positions.dtype)
+    nodes = rearrange(h.to(dtype), "b c h w -> b c (h w)")
+    samples = nodes.new_zeros(b, c, math.prod(y.shape[1:]))
     for dy, dx, corner_weight in (
         (0, 0, (1 - fy) * (1 - fx)),
         (0, 1, (1 - fy) * fx),
@@ -325,9 +335,8 @@ def bilinear_sample(h: Tensor, positions: Tensor) -> Tensor:
         index = repeat(index, "b k h w -> b c (k h w)", c=c)
         weight = rearrange(corner_weight * inside, "b k h w -> b 1 (k h w)")
         samples = samples + weight * nodes.gather(2, index)
-    return rearrange(
-        samples, "b c (k h w) -> b k c h w", h=positions.shape[-2], w=positions.shape[-1]
-    )
+    k, out_height, out_width = y.shape[1:]  # named: einops cannot infer k of a 0-size map
+    return rearrange(samples, "b c (k h w) -> b k c h w", k=k, h=out_height, w=out_width)
 
 
 def sample_neighbours(h: Tensor, walks: Tensor, rate: int) -> Tensor:
@@ -368,14 +377,14 @@ def neighbourhood_conv(
         bias: ``o`` or None.
 
     Returns:
-        ``b o h w``.
+        ``b o h w``, in h's dtype (computed in the wider of h's and the walks').
     """
     neighbours = sample_neighbours(h, walks, rate)
-    kernel = rearrange(weight, "o c kh kw -> o (kh kw) c")
+    kernel = rearrange(weight, "o c kh kw -> o (kh kw) c").to(neighbours.dtype)
     out = einsum(kernel, neighbours, "o k c, b k c h w -> b o h w")
     if bias is not None:
         out = out + rearrange(bias, "o -> 1 o 1 1")
-    return out
+    return out.to(h.dtype)
 
 
 def split_filters_affinities(
@@ -429,7 +438,7 @@ def dynamic_message(
         rate: the sampling rate rho, int >= 1.
 
     Returns:
-        the message ``b c h w``:
+        the message ``b c h w`` in h's dtype (computed in the widest of the inputs' dtypes):
         ``m[b, c, y, x] = sum_k affinity[b, k, y, x] * weights[b, c // (C//G), k, y, x]
         * sample_k[b, c, y, x]``.
 
@@ -448,5 +457,14 @@ def dynamic_message(
     _, groups = check_message_args(h, walks, affinity, weights, rate)
     neighbours = sample_neighbours(h, walks, rate)
     neighbours = rearrange(neighbours, "b k (g c) h w -> b k g c h w", g=groups)
-    messages = einsum(affinity, weights, neighbours, "b k h w, b g k h w, b k g c h w -> b g c h w")
-    return rearrange(messages, "b g c h w -> b (g c) h w")
+    # computed in the widest dtype of the inputs; the message has h's dtype (as fast.py's)
+    dtype = torch.promote_types(
+        neighbours.dtype, torch.promote_types(affinity.dtype, weights.dtype)
+    )
+    messages = einsum(
+        affinity.to(dtype),
+        weights.to(dtype),
+        neighbours.to(dtype),
+        "b k h w, b g k h w, b k g c h w -> b g c h w",
+    )
+    return rearrange(messages, "b g c h w -> b (g c) h w").to(h.dtype)

@@ -84,6 +84,12 @@ class DynamicMessageCalculation(nn.Module):
     ) -> None:
         super().__init__()
         self.rate = functional.check_rate(rate)
+        for name, switch in (
+            ("dynamic_affinity", dynamic_affinity),
+            ("dynamic_weights", dynamic_weights),
+            ("dynamic_sampling", dynamic_sampling),
+        ):
+            functional.check_switch(name, switch)
         if walk_init not in ("zero", "default"):
             raise ValueError(f"walk_init: expected 'zero' or 'default', got {walk_init!r}")
         self.kernel_size = functional.check_kernel_size(kernel_size)
