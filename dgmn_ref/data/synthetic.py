@@ -29,6 +29,7 @@ import numpy as np
 
 from dgmn_ref.data.labels import COCO_NAME_TO_ID, NAME_TO_LABEL
 from dgmn_ref.data.writers import CocoRecord, atomic_dir, write_cityscapes_frame, write_coco_split
+from dgmn_ref.runlock import remove_stale_tmp
 
 DEFAULT_SIZE: tuple[int, int] = (96, 192)
 TRAIN_CITIES: tuple[str, ...] = ("alpha", "bravo", "charlie")
@@ -291,6 +292,7 @@ def make_data(
     unless ``overwrite``.
     """
     root = Path(root)
+    remove_stale_tmp(root)  # the temporary folders of killed generators
     kw = {"size": size, "seed": seed, "overwrite": overwrite}
     city, coco, voc = root / "synthetic_cityscapes", root / "synthetic_coco", root / "voc_coco"
     if overwrite or not city.exists():

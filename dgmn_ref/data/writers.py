@@ -20,18 +20,21 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from dgmn_ref.data.labels import COCO_CATEGORIES, ID_TO_LABEL
+from dgmn_ref.runlock import remove_stale_tmp
 
 
 @contextlib.contextmanager
 def atomic_dir(root: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``root`` to fill; rename it to ``root`` on success.
 
-    An interrupted generation leaves only a hidden ``.<name>.tmp-*`` folder (removed on error),
-    never a half dataset at ``root``. If ``root`` appeared meanwhile (a concurrent generator
-    won) and ``overwrite`` is false, the new copy is discarded.
+    An interrupted generation leaves only a hidden ``.<name>.tmp-PID-*`` folder (removed on
+    error, or by the next generation once process PID is gone), never a half dataset at
+    ``root``. If ``root`` appeared meanwhile (a concurrent generator won) and ``overwrite``
+    is false, the new copy is discarded.
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(root.parent, root.name)  # left by generators killed before (kill -9)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
