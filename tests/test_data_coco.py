@@ -130,10 +130,13 @@ def test_errors_name_the_file(voc, tmp_path):
         CocoSemantic(root, categories=["unicorn"])
     ann = root / "annotations/instances_val2017.json"
     data = json.loads(ann.read_text())
+    category = data["annotations"][0]["category_id"]
     data["annotations"][0]["category_id"] = 12  # a gap in the COCO ids
     ann.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="unknown category_id 12"):
         CocoSemantic(root)[0]
+    data["annotations"][0]["category_id"] = category
+    ann.write_text(json.dumps(data))
     image = root / "val2017" / VOC_FILE_NAME
     Image.open(image).crop((0, 0, 100, 100)).save(image)
     with pytest.raises(ValueError, match=f"size mismatch.*{VOC_FILE_NAME}"):

@@ -103,9 +103,29 @@ def read_list_file(path: str | Path) -> list[str]:
     return stems
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """Open and decode an image file; a truncated or unreadable one is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as ``(h w 3)`` uint8 RGB (see :func:`open_image`)."""
+    return np.asarray(open_image(path).convert("RGB"))
+
+
 def load_label_ids(path: str | Path) -> np.ndarray:
     """Read a ``*_gtFine_labelIds.png`` as uint8 ``(h w)``, checking every id is known."""
-    label = np.asarray(Image.open(path))
+    image = open_image(path)
+    if image.mode not in ("L", "P"):
+        raise ValueError(
+            f"label file {path} has mode {image.mode!r}; expected 8-bit labelIds (mode L)"
+        )
+    label = np.asarray(image)
     if label.ndim != 2:
         raise ValueError(f"label file {path} has shape {label.shape}; expected a single channel")
     bad = np.unique(label[~_VALID_ID[label]])
@@ -188,7 +208,7 @@ class CityscapesDataset(Dataset):
     def load(self, index: int) -> Sample:
         """The untransformed sample ``{"image", "label"[, "context"]}`` of frame ``index``."""
         f = self.files[index]
-        rgb = np.asarray(Image.open(f.image).convert("RGB"))
+        rgb = read_rgb(f.image)
         label_ids = load_label_ids(f.label)
         if rgb.shape[:2] != label_ids.shape:
             raise ValueError(
@@ -204,7 +224,7 @@ class CityscapesDataset(Dataset):
                 raise FileNotFoundError(
                     f"missing context mask {f.context} (only synthetic data has *{CONTEXT_SUFFIX})"
                 )
-            context = np.asarray(Image.open(f.context))
+            context = np.asarray(open_image(f.context))
             if context.shape != label_ids.shape:
                 raise ValueError(
                     f"context mask {f.context} is {context.shape}; expected {label_ids.shape}"

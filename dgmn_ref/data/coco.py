@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from dgmn_ref.data.check import DataError, coco_schema_problems
+from dgmn_ref.data.cityscapes import read_rgb
 from dgmn_ref.data.labels import IGNORE_INDEX
 from dgmn_ref.data.transforms import Transform, normalize, sample_generator, to_tensor
 
@@ -34,8 +36,14 @@ def load_coco(annotation_file: str | Path) -> COCO:
             f"missing COCO annotation file {annotation_file}; expected the layout "
             "root/annotations/instances_<split>.json with images in root/<split>/"
         )
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(annotation_file))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"malformed JSON in COCO annotation file {annotation_file}: {err.msg} at line "
+            f"{err.lineno} column {err.colno}"
+        ) from err
 
 
 def ann_to_mask(coco: COCO, ann: dict) -> np.ndarray:
@@ -67,6 +75,11 @@ class _CocoBase(Dataset):
         self.image_dir = self.root / split
         self.annotation_file = self.root / "annotations" / f"instances_{split}.json"
         self.coco = load_coco(self.annotation_file)
+        errors = [
+            p for p in coco_schema_problems(self.annotation_file, self.coco.dataset) if p.error
+        ]
+        if errors:
+            raise DataError(errors)
         self.seed = seed
         self.epoch = 0
         cats = sorted(self.coco.loadCats(self.coco.getCatIds()), key=lambda c: c["id"])
@@ -102,7 +115,7 @@ class _CocoBase(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"missing image {path} (listed in {self.annotation_file})")
-        rgb = np.asarray(Image.open(path).convert("RGB"))
+        rgb = read_rgb(path)
         if rgb.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"size mismatch: image {path} is {rgb.shape[:2]} (h, w) but "
