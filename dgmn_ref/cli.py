@@ -1,23 +1,29 @@
-"""The ``dgmn-ref`` command line: ``complexity``, ``make-data``, ``train``, ``evaluate``, ``bench``.
+"""The ``dgmn-ref`` command line, every entry point of the package in one file.
 
-Each sub-command lives in its own module; this file only dispatches, importing the
-module of the chosen command (so ``dgmn-ref complexity`` does not import the data code).
+``complexity``, ``make-data``, ``train``, ``evaluate``, ``bench``. :func:`main` only
+dispatches: each command imports what it needs when it runs, so ``dgmn-ref --help`` (and
+``dgmn-ref complexity``) never import torch's training stack or the data code.
+``python -m dgmn_ref.train`` (for ``torchrun``) runs :func:`train_main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-# sub-command -> (module, function taking argv, one-line help)
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "complexity": ("dgmn_ref.cli", "complexity_main", "print Table 1a: params/FLOPs vs paper"),
-    "make-data": ("dgmn_ref.cli", "make_data_main", "write the embedded synthetic datasets"),
-    "train": ("dgmn_ref.train", "main", "train a segmentation model"),
-    "evaluate": ("dgmn_ref.train", "evaluate_main", "evaluate a checkpoint (mIoU)"),
-    "bench": ("dgmn_ref.bench", "main", "time and memory of DGMN vs Non-local and a floor"),
+# sub-command -> (name of the function in this module taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "complexity": ("complexity_main", "print Table 1a: params/FLOPs vs paper"),
+    "make-data": ("make_data_main", "write the embedded synthetic datasets"),
+    "train": ("train_main", "train a segmentation model"),
+    "evaluate": ("evaluate_main", "evaluate a checkpoint (mIoU)"),
+    "bench": ("bench_main", "time and memory of DGMN vs Non-local and a floor"),
 }
 
 
@@ -56,6 +62,196 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- train, evaluate
+
+
+def _flag_type(field: dataclasses.Field) -> Callable[[str], Any] | None:
+    """argparse type of a config field, from its annotation (``None``: a boolean switch)."""
+    annotation = str(field.type)
+    if annotation == "bool":
+        return None
+    for name, kind in (("float", float), ("int", int)):
+        if name in annotation:
+            return kind
+    return str
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """``dgmn-ref train``'s options: one flag per :class:`~dgmn_ref.training.TrainConfig`
+    field, with its help text and default."""
+    from dgmn_ref.training.config import CHOICES, TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="dgmn-ref train",
+        description="Train the DGMN segmentation model (paper Appendix A.2.2 schedule). "
+        "Settings: defaults < --config FILE < flags; printed at start and saved as "
+        "OUT/config.json. Under torchrun: torchrun --nproc_per_node=N -m dgmn_ref.train ...",
+    )
+    p.add_argument("--config", help="a JSON file of settings (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on val at the end")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _flag_type(f)
+        default = getattr(defaults, f.name)
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        text = f"{f.metadata['help']} (default: {shown})"
+        # choices are checked by TrainConfig.check, whose message names value and choices
+        if f.name in CHOICES:
+            text += f"; one of {', '.join(map(str, CHOICES[f.name]))}"
+        text = text.replace("%", "%%")
+        if kind is None:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif "list" in str(f.type):
+            p.add_argument(flag, type=kind, nargs="+", default=None, metavar="N", help=text)
+        else:
+            p.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=text)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~dgmn_ref.training.TrainConfig` of parsed ``train`` flags:
+    defaults < ``--config`` < flags (< the saved run's config for ``--resume``)."""
+    from dgmn_ref.training.checkpoint import CONFIG
+    from dgmn_ref.training.config import TrainConfig
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values = TrainConfig.from_file(args.config).to_dict()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    if values.get("crop_size") and len(values["crop_size"]) == 1:
+        values["crop_size"] = values["crop_size"] * 2
+    if args.resume and not args.config:
+        saved = Path(values.get("out", TrainConfig.out)) / CONFIG
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: no {CONFIG} in {saved.parent} to resume from")
+        # flags not given on the command line come from the run
+        values = {**json.loads(saved.read_text()), **values}
+    return TrainConfig.from_dict(values)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref train``: returns 0 on success, 2 on a bad setting (message on stderr)."""
+    from dgmn_ref.training import train
+    from dgmn_ref.training.evaluate import report_evaluation
+
+    args = train_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"dgmn-ref train: error: {err}", file=sys.stderr)
+        return 2
+    if args.evaluate and int(os.environ.get("RANK", "0")) == 0:
+        report_evaluation(cfg, result["model"], "val", Path(cfg.out))
+    return 0
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref evaluate RUN``: mIoU of a trained run on a split (table on stdout,
+    ``RUN/eval_<split>.json``)."""
+    from dgmn_ref.layer import IMPLS
+    from dgmn_ref.training import TrainConfig, build_model, load_run
+    from dgmn_ref.training.config import AMP_MODES
+    from dgmn_ref.training.distributed import resolve_device
+    from dgmn_ref.training.evaluate import report_evaluation
+
+    p = argparse.ArgumentParser(prog="dgmn-ref evaluate", description=evaluate_main.__doc__)
+    p.add_argument("run", help="a run folder (with checkpoint.pt and config.json) or a .pt")
+    p.add_argument("--root", help="dataset root (default: the one the run was trained on)")
+    p.add_argument("--split", default="val", help="the split to evaluate (default: val)")
+    p.add_argument("--subset", type=int, help="evaluate the first N images")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision")
+    p.add_argument("--impl", choices=IMPLS, help="DGMN kernels (default: the run's)")
+    args = p.parse_args(argv)
+    try:
+        state = load_run(args.run)
+        values = state["config"] | {"device": args.device, "amp": args.amp, "pretrained": None}
+        if args.root:
+            values["root"] = args.root
+        if args.impl:
+            values["impl"] = args.impl
+        if args.subset is not None:
+            values["val_subset"] = args.subset
+        cfg = TrainConfig.from_dict(values).check()
+        model = build_model(cfg)
+        model.load_state_dict(state["model"])
+        model.to(resolve_device(cfg.device))
+        run = Path(args.run)
+        report_evaluation(cfg, model, args.split, run if run.is_dir() else run.parent)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgmn-ref evaluate: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ------------------------------------------------------------------------------ bench
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    """``dgmn-ref bench``'s options (see :mod:`dgmn_ref.tools.bench`)."""
+    from dgmn_ref.tools.bench import CASES
+
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref bench",
+        description="Time and peak memory of DGMN (reference and fast) against Non-local, "
+        "ASPP and a static depthwise floor; see docs/benchmarks.md.",
+    )
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[48, 97, 145, 193],
+        help="map sizes H = W (default: the paper's 97 and the sweep)",
+    )
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument(
+        "--reference-max-size",
+        type=int,
+        default=97,
+        help="skip the reference cases above this size (they take minutes)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="C = 64, sizes 24 and 32, 2 repeats: a smoke test in seconds",
+    )
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref bench``: returns the exit status."""
+    import torch
+
+    from dgmn_ref.tools.bench import run_bench
+
+    args = bench_parser().parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick:
+        args.channels, args.sizes, args.repeats = 64, [24, 32], 2
+        args.reference_max_size = max(args.sizes)
+    return run_bench(args)
+
+
+# ------------------------------------------------------------------------- dispatch
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -65,15 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=sorted(COMMANDS), help="what to do")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    for name, (_, _, text) in COMMANDS.items():
+    for name, (_, text) in COMMANDS.items():
         parser.epilog += f"\n  {name}: {text}"
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
     args = parser.parse_args(argv[:1])
-    module_name, function_name, _ = COMMANDS[args.command]
-    command = getattr(importlib.import_module(module_name), function_name)
+    command = globals()[COMMANDS[args.command][0]]
     return int(command(argv[1:]) or 0)
 
 

@@ -48,7 +48,7 @@ def message_ops(impl: str) -> ModuleType:
 
 
 class RateState(NamedTuple):
-    """What one DMC computed for one sampling rate (used by :mod:`dgmn_ref.viz`)."""
+    """What one DMC computed for one sampling rate (used by :mod:`dgmn_ref.figures.viz`)."""
 
     rate: int
     walks: Tensor  # b k p h w, zeros under uniform sampling

@@ -1,4 +1,4 @@
-"""dgmn_ref.bench: a tiny configuration runs end to end (no timing assertions)."""
+"""dgmn_ref.tools.bench: a tiny configuration runs end to end (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from dgmn_ref import bench
+from dgmn_ref.cli import bench_main
+from dgmn_ref.tools import bench
 
 
 @pytest.mark.parametrize("case", bench.CASES)
@@ -60,7 +61,7 @@ def test_cli_writes_a_table_and_json_with_machine_information(tmp_path, capsys):
     out = tmp_path / "results.json"
     argv = ["--cases", "floor", "--sizes", "8", "12", "--channels", "8"]
     argv += ["--repeats", "1", "--threads", "1", "--out", str(out)]
-    assert bench.main(argv) == 0
+    assert bench_main(argv) == 0
     assert "floor" in capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["machine"]["torch"] == torch.__version__

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dgmn_ref import DGMN, functional, plotting, variant_kwargs  # noqa: E402
+from dgmn_ref import DGMN, functional, variant_kwargs  # noqa: E402
+from dgmn_ref.figures import plotting  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

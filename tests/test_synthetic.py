@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dgmn_ref.data import synthetic
-from dgmn_ref.data.context_check import oracle_accuracies
 from dgmn_ref.data.labels import NAME_TO_LABEL
 from dgmn_ref.data.synthetic import CONTEXT_CLASSES, MIN_CONTEXT_DISTANCE, render_scene
+from dgmn_ref.tools.context_check import oracle_accuracies
 
 SIGN = NAME_TO_LABEL["traffic sign"].id
 CONTEXT_IDS = [NAME_TO_LABEL[n].id for n in CONTEXT_CLASSES]

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from dgmn_ref.cli import evaluate_main
+from dgmn_ref.cli import train_main as main
 from dgmn_ref.data.synthetic import make_synthetic_cityscapes
 from dgmn_ref.train import (
     TrainConfig,
     atomic_save,
-    evaluate_main,
     load_run,
-    main,
     poly_lr,
     train,
 )

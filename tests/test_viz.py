@@ -1,4 +1,4 @@
-"""Tests of dgmn_ref.viz: the extraction is the layer's own forward, the maps match slow
+"""Tests of dgmn_ref.figures.viz: the extraction is the layer's own forward, the maps match slow
 references, and the plot functions draw the artists they promise."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from matplotlib.image import AxesImage  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dgmn_ref import functional, viz  # noqa: E402
+from dgmn_ref import functional  # noqa: E402
+from dgmn_ref.figures import viz  # noqa: E402
 from dgmn_ref.layer import DGMN  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Measure how much the synthetic data needs context (``python -m dgmn_ref.data.context_check``).
+"""Measure how much the synthetic data needs context (``python -m dgmn_ref.tools.context_check``).
 
 Two checks of the construction in :mod:`dgmn_ref.data.synthetic`, reported in
 ``data/README.md``:

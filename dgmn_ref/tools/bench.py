@@ -1,4 +1,4 @@
-"""``dgmn-ref bench``: wall time and peak memory of DGMN against its baselines (issue 6).
+"""``dgmn-ref bench``: wall time and peak memory of DGMN against its baselines.
 
 Cases (all at C channels, batch b, an H x H map; S = 5 rates (1, 6, 12, 24, 36), K = 9):
 
@@ -25,7 +25,7 @@ of log(forward + backward time) against log(N), N = H * W.
 Example::
 
     dgmn-ref bench --quick --out results.json
-    python -m dgmn_ref.bench --sizes 48 97 145 193 --repeats 5 --out results.json
+    dgmn-ref bench --sizes 48 97 145 193 --repeats 5 --out results.json
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CASES", "main", "run_case", "fit_exponent", "goals", "machine_info"]
+from dgmn_ref.training.distributed import autocast as autocast_context
+
+__all__ = ["CASES", "run_bench", "run_case", "fit_exponent", "goals", "machine_info"]
 
 RATES = (1, 6, 12, 24, 36)
 KERNEL = 3
@@ -199,10 +201,9 @@ def run_case(
     model = build_case(case, channels, size).to(dev)
     model.train()
     x = torch.randn(batch, channels, size, size, device=dev, requires_grad=True)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast)
 
     def forward() -> Tensor:
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+        with autocast_context(autocast, dev):
             return model(x)
 
     def fwd_bwd() -> None:
@@ -248,7 +249,7 @@ def _run_isolated(args: argparse.Namespace, case: str, size: int) -> dict:
         autocast=args.autocast,
         threads=args.threads,
     )
-    command = [sys.executable, "-m", "dgmn_ref.bench", "--worker", json.dumps(spec)]
+    command = [sys.executable, "-m", "dgmn_ref.cli", "bench", "--worker", json.dumps(spec)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
         return {"case": case, "size": size, "error": done.stderr[-2000:] or done.returncode}
@@ -282,7 +283,8 @@ def _get(results: list[dict], case: str, size: int, key: str) -> float | None:
 
 
 def goals(results: list[dict], size: int = 97, large: int = 193) -> list[dict]:
-    """The issue's goals as ratios from the same run: ``value``, ``target``, ``met``."""
+    """The speed and memory targets of the fast path (docs/benchmarks.md, "goals") as
+    ratios from the same run: ``value``, ``target``, ``met``."""
 
     def ratio(a: str, b: str, key: str, at: int) -> float | None:
         x, y = _get(results, a, at, key), _get(results, b, at, key)
@@ -395,51 +397,11 @@ def format_table(results: list[dict], goal_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="dgmn-ref bench",
-        description="Time and peak memory of DGMN (reference and fast) against Non-local, "
-        "ASPP and a static depthwise floor; see docs/benchmarks.md.",
-    )
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument(
-        "--sizes",
-        nargs="+",
-        type=int,
-        default=[48, 97, 145, 193],
-        help="map sizes H = W (default: the paper's 97 and the sweep)",
-    )
-    parser.add_argument("--channels", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
-    parser.add_argument(
-        "--reference-max-size",
-        type=int,
-        default=97,
-        help="skip the reference cases above this size (they take minutes)",
-    )
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="C = 64, sizes 24 and 32, 2 repeats: a smoke test in seconds",
-    )
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.channels, args.sizes, args.repeats = 64, [24, 32], 2
-        args.reference_max_size = max(args.sizes)
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dgmn-ref bench``; returns the exit status."""
-    args = parse_args(argv)
+# ----------------------------------------------------------------------------- run
+def run_bench(args: argparse.Namespace) -> int:
+    """Every (case, size) of ``args`` (``dgmn-ref bench``'s options, see
+    :func:`dgmn_ref.cli.bench_parser`) in fresh processes: table on stdout, JSON in
+    ``args.out``. Returns the exit status."""
     if args.worker is not None:
         return _worker(args.worker)
     machine = machine_info(args)
@@ -499,7 +461,3 @@ def _large_ratio(results: list[dict], exponent: float | None, large: int) -> flo
             s, t = max(measured)
             nonlocal_time = t * (large / s) ** (2 * exponent)
     return fast / nonlocal_time if fast is not None and nonlocal_time else None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

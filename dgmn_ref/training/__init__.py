@@ -1,0 +1,27 @@
+"""Training and evaluation of the DGMN segmentation model (Appendix A.2.2).
+
+* :mod:`~dgmn_ref.training.config`: :class:`TrainConfig`, every setting with its help text;
+* :mod:`~dgmn_ref.training.loop`: :func:`train` (build, resume, step, log, save);
+* :mod:`~dgmn_ref.training.evaluate`: :func:`evaluate` (mIoU, all-reduced);
+* :mod:`~dgmn_ref.training.checkpoint`: the run folder (atomic saves, exact resume);
+* :mod:`~dgmn_ref.training.distributed`: processes, devices, mixed precision.
+
+The command lines ``dgmn-ref train`` and ``dgmn-ref evaluate`` are in :mod:`dgmn_ref.cli`.
+"""
+
+from dgmn_ref.training.checkpoint import atomic_save, load_run, seed_everything
+from dgmn_ref.training.config import TrainConfig
+from dgmn_ref.training.evaluate import evaluate
+from dgmn_ref.training.loop import build_dataset, build_model, poly_lr, train
+
+__all__ = [
+    "TrainConfig",
+    "atomic_save",
+    "build_dataset",
+    "build_model",
+    "evaluate",
+    "load_run",
+    "poly_lr",
+    "seed_everything",
+    "train",
+]
