@@ -48,7 +48,8 @@ def complexity_main(argv: Sequence[str] | None = None) -> int:
 
 def make_data_main(argv: Sequence[str] | None = None) -> int:
     """``dgmn-ref make-data``: the embedded synthetic datasets, in the real formats."""
-    from dgmn_ref.data import make_data
+    from dgmn_ref.data import make_data, make_synthetic_cityscapes
+    from dgmn_ref.data.synthetic import TASKS
 
     parser = argparse.ArgumentParser(
         prog="dgmn-ref make-data",
@@ -56,7 +57,21 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
         "datasets (see data/README.md). Existing complete datasets are kept.",
     )
     parser.add_argument("--root", default="data", help="output folder (default: data)")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="beacon",
+        help="the context task of the Cityscapes-layout set: beacon (one small far cue, the "
+        "default) or redundant (a district a third of the frame wide; written to "
+        "ROOT/redundant_cityscapes with a test split)",
+    )
     args = parser.parse_args(argv)
+    if args.task == "redundant":
+        root = Path(args.root) / "redundant_cityscapes"
+        if not root.exists():
+            make_synthetic_cityscapes(root, n_test=60, task="redundant")
+        print(f"ready: {root}")
+        return 0
     for path in make_data(args.root):
         print(f"ready: {path}")
     return 0
@@ -70,6 +85,8 @@ def _flag_type(field: dataclasses.Field) -> Callable[[str], Any] | None:
     annotation = str(field.type)
     if annotation == "bool":
         return None
+    if annotation.startswith("dict"):
+        return json.loads
     for name, kind in (("float", float), ("int", int)):
         if name in annotation:
             return kind

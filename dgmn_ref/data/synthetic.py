@@ -34,6 +34,11 @@ from dgmn_ref.runlock import remove_stale_tmp
 DEFAULT_SIZE: tuple[int, int] = (96, 192)
 TRAIN_CITIES: tuple[str, ...] = ("alpha", "bravo", "charlie")
 VAL_CITIES: tuple[str, ...] = ("delta", "echo")
+TEST_CITIES: tuple[str, ...] = ("foxtrot", "golf")
+SPLIT_INDEX: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+# The embedded context tasks: "beacon" (the needle: one small far cue, this module) and
+# "redundant" (a cue spread over a third of the frame, dgmn_ref.data.redundant).
+TASKS: tuple[str, ...] = ("beacon", "redundant")
 # Beacon colour -> class of every mystery vehicle in the image (index-aligned).
 BEACON_COLOURS: tuple[tuple[int, int, int], ...] = ((230, 40, 40), (40, 200, 60), (40, 90, 255))
 CONTEXT_CLASSES: tuple[str, ...] = ("car", "truck", "bus")
@@ -184,13 +189,27 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE)
     return Scene(rgb, c.label, c.instances, context, c.objects, CONTEXT_CLASSES[k])
 
 
-def _frames(split: str, n: int, seed: int, size: tuple[int, int]):
+def renderer(task: str):
+    """The scene function ``f(rng, size) -> Scene`` of an embedded task (:data:`TASKS`)."""
+    if task == "beacon":
+        return render_scene
+    if task == "redundant":
+        from dgmn_ref.data.redundant import render_redundant_scene
+
+        return render_redundant_scene
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+
+
+def _frames(split: str, n: int, seed: int, size: tuple[int, int], task: str = "beacon"):
     """Yield ``(city, stem, scene)``; frame ``i`` depends only on ``(seed, split, i)``."""
-    cities = TRAIN_CITIES if split == "train" else VAL_CITIES
+    if split not in SPLIT_INDEX:
+        raise ValueError(f"split: expected one of {sorted(SPLIT_INDEX)}, got {split!r}")
+    cities = {"train": TRAIN_CITIES, "val": VAL_CITIES, "test": TEST_CITIES}[split]
+    render = renderer(task)
     for i in range(n):
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
+        rng = np.random.default_rng([seed, SPLIT_INDEX[split], i])
         city = cities[i % len(cities)]
-        yield city, f"{city}_{i:06d}_000019", render_scene(rng, size)
+        yield city, f"{city}_{i:06d}_000019", render(rng, size)
 
 
 def make_synthetic_cityscapes(
@@ -200,8 +219,13 @@ def make_synthetic_cityscapes(
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
     overwrite: bool = False,
+    n_test: int = 0,
+    task: str = "beacon",
 ) -> Path:
     """Write the synthetic dataset in the Cityscapes layout, atomically (~1 s for the default).
+
+    ``task`` picks the scenes (:data:`TASKS`); ``n_test > 0`` adds a held-out ``test`` split
+    (its own cities and random streams, like ``val``).
 
     Writes ``leftImg8bit/{train,val}/<city>/*_leftImg8bit.png`` and ``gtFine/.../*_gtFine_{
     labelIds,color,instanceIds,contextMask}.png`` plus a ``synthetic.json`` marker with the
@@ -210,10 +234,14 @@ def make_synthetic_cityscapes(
     root = Path(root)
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root} exists; pass overwrite=True or use ensure_synthetic")
+    renderer(task)  # a bad task fails before anything is written
     params = {"kind": "cityscapes", "n_train": n_train, "n_val": n_val, "size": list(size)}
+    if n_test or task != "beacon":
+        params |= {"n_test": n_test, "task": task}
+    splits = (("train", n_train), ("val", n_val)) + ((("test", n_test),) if n_test else ())
     with atomic_dir(root, overwrite=overwrite) as tmp:
-        for split, n in (("train", n_train), ("val", n_val)):
-            for city, stem, s in _frames(split, n, seed, size):
+        for split, n in splits:
+            for city, stem, s in _frames(split, n, seed, size, task):
                 write_cityscapes_frame(
                     tmp, split, city, stem, s.rgb, s.label_ids, s.instances, s.context
                 )

@@ -33,9 +33,30 @@ from dgmn_ref.data.synthetic import BEACON_COLOURS, CONTEXT_CLASSES
 _CONTEXT_TRAIN_IDS = [NAME_TO_LABEL[n].trainId for n in CONTEXT_CLASSES]
 
 
+def task_of(root: str | Path) -> str:
+    """The task a synthetic set was written for (``synthetic.json``; older sets: beacon)."""
+    marker = Path(root) / "synthetic.json"
+    return json.loads(marker.read_text()).get("task", "beacon") if marker.is_file() else "beacon"
+
+
+def cue_class(rgb: np.ndarray, label: np.ndarray, context: np.ndarray, task: str) -> int:
+    """The class index the far cue encodes: the beacon's colour, or the far district's sky
+    colour (the top row of the far zone, on the side away from the context pixels)."""
+    if task == "beacon":
+        sign = rgb[label == NAME_TO_LABEL["traffic sign"].id].mean(0)
+        return int(np.argmin([np.abs(sign - c).sum() for c in BEACON_COLOURS]))
+    from dgmn_ref.data.redundant import DISTRICT_COLOURS, far_zone
+
+    left = bool(np.nonzero(context)[1].mean() < rgb.shape[1] / 2)
+    far = far_zone(label.shape, left)
+    sky = rgb[0][far[0]].mean(0)
+    return int(np.argmin([np.abs(sky - d["sky"]).sum() for d in DISTRICT_COLOURS]))
+
+
 def oracle_accuracies(root: str | Path) -> dict[str, float]:
     """Accuracy on the val context pixels of the Bayes-optimal local rule (the most frequent
-    context class of *train*) and of the beacon-colour rule."""
+    context class of *train*) and of the far-cue rule (:func:`cue_class`; the key keeps its
+    old name ``beacon_oracle`` for both tasks)."""
     counts = dict.fromkeys(CONTEXT_CLASSES, 0)
     for split in ("train", "val"):
         ds = CityscapesDataset(root, split)
@@ -51,8 +72,7 @@ def oracle_accuracies(root: str | Path) -> dict[str, float]:
                 counts[name] += int(context.sum())
                 continue
             rgb = np.asarray(Image.open(f.image).convert("RGB")).astype(float)
-            sign = rgb[label == NAME_TO_LABEL["traffic sign"].id].mean(0)
-            k = int(np.argmin([np.abs(sign - c).sum() for c in BEACON_COLOURS]))
+            k = cue_class(rgb, label, context, task_of(root))
             prior_best = max(counts, key=counts.get)
             correct_local += int(context.sum()) * (name == prior_best)
             correct_beacon += int(context.sum()) * (name == CONTEXT_CLASSES[k])
@@ -105,6 +125,37 @@ def probe_accuracies(
         with torch.no_grad():
             pred = model(vx).argmax(1)
         out[name] = float((pred[vc] == vy[vc]).double().mean())
+    return out
+
+
+def effective_receptive_field(
+    model: nn.Module, dataset, gap: int | None = None, n_images: int = 8
+) -> dict[str, float]:
+    """Effective receptive field (Luo et al., 2016) of the centre output pixel.
+
+    The gradient of the centre pixel's logits with respect to the input, ``|d y_c / d x|``
+    summed over channels and ``n_images`` images of ``dataset`` (the model in eval mode),
+    is a mass over input pixels. Returns the Chebyshev radii (px) holding 50 / 90 / 95 / 99%
+    of it and, with ``gap``, the fraction of the mass at distance >= ``gap`` px.
+    """
+    was_training = model.training
+    model.eval()
+    image = torch.stack([dataset[i][0] for i in range(min(n_images, len(dataset)))])
+    image.requires_grad_(True)
+    h, w = image.shape[-2:]
+    cy, cx = h // 2, w // 2
+    model(image)[:, :, cy, cx].sum().backward()
+    mass = image.grad.abs().sum((0, 1))
+    model.train(was_training)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dist = torch.maximum((rows - cy).abs(), (cols - cx).abs())
+    total = float(mass.sum())
+    radial = torch.zeros(int(dist.max()) + 1, dtype=torch.float64)
+    radial.index_add_(0, dist.flatten(), mass.flatten().double())
+    inside = radial.cumsum(0) / total
+    out = {f"r{q}": int((inside < q / 100).sum()) for q in (50, 90, 95, 99)}
+    if gap is not None:
+        out |= {"gap_px": int(gap), "mass_beyond_gap": float(1 - inside[gap - 1])}
     return out
 
 

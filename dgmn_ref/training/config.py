@@ -79,6 +79,10 @@ class TrainConfig:
         "sampling rates replacing the variant's (dgmn) or the module's (deformable, aspp); "
         "the paper's 1 6 12 24 36 suit 97x97 feature maps, a 12x24 map needs smaller ones",
     )
+    context_kwargs: dict[str, Any] | None = setting(
+        None,
+        'further keyword arguments of the context module (JSON), e.g. {"walk_init": "default"}',
+    )
     impl: str = setting("fast", "DGMN kernels: reference (einops) or fast (same numbers)")
     dropout: float = setting(0.1, "dropout before the classifier")
     pretrained: str | None = setting(None, "ImageNet weights (.pth) for the backbone")
@@ -126,6 +130,8 @@ class TrainConfig:
                 isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in self.rates
             ):
                 raise ValueError(f"rates: expected a list of ints >= 1, got {self.rates!r}")
+        if self.context_kwargs is not None and not isinstance(self.context_kwargs, dict):
+            raise ValueError(f"context_kwargs: expected a dict, got {self.context_kwargs!r}")
         if len(self.crop_size) != 2:
             raise ValueError(f"crop_size: expected [h, w], got {self.crop_size!r}")
         if self.dataset in ("cityscapes", "coco"):

@@ -82,7 +82,8 @@ def build_model(cfg: TrainConfig) -> SegmentationModel:
         variant=cfg.variant,
         impl=cfg.impl,
         dropout=cfg.dropout,
-        context_kwargs={"rates": tuple(cfg.rates)} if cfg.rates else None,
+        context_kwargs=({"rates": tuple(cfg.rates)} if cfg.rates else {})
+        | (cfg.context_kwargs or {}),
     )
     if cfg.pretrained:
         load_imagenet_weights(model.backbone, cfg.pretrained)
