@@ -111,6 +111,10 @@ def run_key(spec: dict) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (``-dirty`` with uncommitted changes); ``DGMN_COMMIT`` for a ``git archive`` copy."""
+    if os.environ.get("DGMN_COMMIT"):
+        return os.environ["DGMN_COMMIT"]
+
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return out.stdout.strip()
