@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dgmn_ref.data.context_check import cue_class, oracle_accuracies
 from dgmn_ref.data.labels import NAME_TO_LABEL
 from dgmn_ref.data.redundant import far_zone, min_context_distance, render_redundant_scene
 from dgmn_ref.data.synthetic import CONTEXT_CLASSES, make_synthetic_cityscapes, renderer
+from dgmn_ref.tools.context_check import cue_class, oracle_accuracies
 
 CONTEXT_IDS = [NAME_TO_LABEL[n].id for n in CONTEXT_CLASSES]
 
