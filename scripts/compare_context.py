@@ -21,7 +21,6 @@ import json
 import math
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,65 +28,46 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# the order of the runs within each phase: the question's methods first
+PRIORITY: tuple[str, ...] = (
+    "+ Non-local",
+    "+ DGMN DA+DW+DS",
+    "Dilated FCN",
+    "+ Deformable",
+    "+ ASPP",
+    "+ DGMN DA+DW",
+    "+ DGMN DA",
+)
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "results" / "comparison.json"
 ERF_JSON = REPO / "results" / "erf.json"
-TASKS: tuple[str, ...] = ("redundant", "beacon")
-SCALES: dict[str, tuple[int, int]] = {"96x192": (96, 192), "192x384": (192, 384)}
-SMALL = "96x192"
-LRS: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
-SEEDS: tuple[int, ...] = (0, 1, 2)
-N_TRAIN, N_VAL, N_TEST = 300, 60, 60
-# train ids of the three context classes (car, truck, bus)
-VEHICLES: tuple[int, ...] = (13, 14, 15)
-
-# The common schedule (AdamW: with the paper's SGD no model left the prior on the beacon task,
-# see the history in docs/comparison.md); full frames, flips, no random scaling.
-SETTINGS: dict = {
-    "dataset": "synthetic",
-    "depth": 18,
-    "width": 8,
-    "head_channels": 64,
-    "dropout": 0.0,
-    "optimizer": "adamw",
-    "iterations": 200,
-    "batch_size": 4,
-    "scale_range": None,
-    "amp": "off",
-    "device": "cpu",
-    "num_workers": 0,
-}
-
-# Sampling rates suited to the map and the task: the cue lies 0.47 W to 1.0 W away from the
-# vehicles, so the largest rate is 2/3 of the map's width (16 of 24, 32 of 48 nodes) and the
-# outer samples of a vehicle node land in the far zone already before any walk is learned.
-# (The paper's {1, 6, 12, 24, 36} are for 97x97 maps; 24 and 36 on a 12x24 map put every
-# neighbour but the centre outside the map.) Half-width rates are an item-4 ablation.
-RATES: dict[str, list[int]] = {"96x192": [1, 4, 8, 16], "192x384": [1, 8, 16, 32]}
-ASPP_RATES: dict[str, list[int]] = {"96x192": [4, 8, 16], "192x384": [8, 16, 32]}
-# item 4 (why DGMN learns slowly): one change at a time against the protocol's DA+DW+DS
-ABLATIONS: tuple[dict, ...] = (
-    {"rates": [1, 3, 6, 12]},  # half the map's width: uniform samples do not reach the cue
-    {"walk_init": "default"},  # the released code's random walk initialisation
+from dgmn_ref.tools.comparison import (  # noqa: E402
+    ABLATIONS,
+    LRS,
+    METHODS,
+    N_TEST,
+    N_TRAIN,
+    N_VAL,
+    SCALES,
+    SEEDS,
+    SETTINGS,
+    SMALL,
+    TASKS,
+    VEHICLES,
+    ablation_table,
+    erf_table,
+    methods,
+    min_gap,
+    plot_curves,
+    plot_pareto,
+    plot_tasks,
+    result_table,
+    selected_lr,
+    sweep_table,
+    vehicle_class_accuracy,
 )
-
-
-def methods(scale: str) -> dict[str, dict]:
-    """Method name -> TrainConfig overrides at ``scale``."""
-    return {
-        "Dilated FCN": {"context": "none"},
-        "+ Non-local": {"context": "nonlocal"},
-        "+ DGMN DA": {"context": "dgmn", "variant": "da"},
-        "+ DGMN DA+DW": {"context": "dgmn", "variant": "da_dw"},
-        "+ DGMN DA+DW+DS": {"context": "dgmn", "variant": "da_dw_ds", "rates": RATES[scale]},
-        "+ Deformable": {"context": "deformable", "rates": RATES[scale]},
-        "+ ASPP": {"context": "aspp", "rates": ASPP_RATES[scale]},
-    }
-
-
-METHODS: tuple[str, ...] = tuple(methods(SMALL))
 
 
 def data_root(task: str, scale: str) -> Path:
@@ -124,14 +104,6 @@ def git_commit() -> str:
 
 
 # ------------------------------------------------------------------------- one run
-
-
-def vehicle_class_accuracy(matrix) -> float | None:
-    """Among context pixels predicted as car / truck / bus: the fraction with the right one."""
-    sub = matrix[:, list(VEHICLES)]
-    predicted = float(sub.sum())
-    correct = float(sum(matrix[v, v] for v in VEHICLES))
-    return correct / predicted if predicted else None
 
 
 def _metrics(model, dataset, num_classes: int) -> dict:
@@ -235,15 +207,6 @@ def run_one(spec: dict) -> dict:
     return record
 
 
-def min_gap(task: str, scale: str) -> int:
-    """Smallest distance (px) between a context pixel and the cue of ``task`` at ``scale``."""
-    from dgmn_ref.data.redundant import min_context_distance
-    from dgmn_ref.data.synthetic import MIN_CONTEXT_DISTANCE
-
-    w = SCALES[scale][1]
-    return min_context_distance(w) if task == "redundant" else int(MIN_CONTEXT_DISTANCE * w)
-
-
 # ---------------------------------------------------------------------------- grid
 
 
@@ -258,49 +221,29 @@ def save(records: list[dict], path: Path = RESULTS) -> None:
     tmp.replace(path)
 
 
-def selected_lr(records: list[dict], task: str, method: str, iterations: int) -> float | None:
-    """The sweep's lr with the best val context accuracy (ties: val mIoU); None if the sweep
-    of ``(task, method)`` is not complete."""
-    sweep = [
-        r
-        for r in records
-        if r["task"] == task
-        and r["method"] == method
-        and r["scale"] == SMALL
-        and r["seed"] == 0
-        and r["iterations"] == iterations
-        and r["phase"] in ("sweep", "final")
-        and not r["layer_kwargs"].get("context_kwargs")
-    ]
-    if {r["lr"] for r in sweep} < set(LRS):
-        return None
-    best = max(
-        (r for r in sweep if r["lr"] in LRS),
-        key=lambda r: (r["val"]["context_accuracy"], r["val"]["miou"]),
-    )
-    return best["lr"]
-
-
 def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    """The grid in priority order: per task, the sweep, then seed 0 at the large scale, then
-    the other seeds (small, then large). Entries with ``lr=None`` use the selected lr."""
+    """The grid in priority order: per task, the sweep, seed 0 at the large scale, seeds 1
+    and 2 at the small scale, the item-4 ablations, seeds 1 and 2 at the large scale; within
+    each, the methods in ``PRIORITY`` order. Entries without ``lr`` use the selected lr."""
     order = []
 
     def add(phase: str, **spec) -> None:
         order.append((phase, spec))
 
+    # the question's methods first (a cut grid still answers it)
+    priority = [m for m in PRIORITY if m in args.methods]
     for task in args.tasks:
         for lr in LRS:
-            for m in args.methods:
+            for m in priority:
                 add("sweep", task=task, scale=SMALL, method=m, seed=0, lr=lr)
         for scale in args.scales:
             if scale != SMALL:
-                for m in args.methods:
+                for m in priority:
                     add("final", task=task, scale=scale, method=m, seed=0)
         for seed in args.seeds:
             if seed == 0:
                 continue
-            for m in args.methods:
+            for m in priority:
                 add("final", task=task, scale=SMALL, method=m, seed=seed)
         if task == "redundant" and "+ DGMN DA+DW+DS" in args.methods:
             for extra in ABLATIONS:
@@ -316,7 +259,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
             for scale in args.scales:
                 if seed == 0 or scale == SMALL:
                     continue
-                for m in args.methods:
+                for m in priority:
                     add("final", task=task, scale=scale, method=m, seed=seed)
     return order
 
@@ -375,204 +318,6 @@ DOCS = REPO / "docs" / "comparison.md"
 README = REPO / "README.md"
 
 
-def final_runs(records: list[dict], task: str, scale: str, method: str) -> list[dict]:
-    """The runs of the protocol: the selected lr, every seed, no ablation options."""
-    its = {r["iterations"] for r in records if r["phase"] in ("sweep", "final")}
-    out = []
-    for iterations in sorted(its):
-        lr = selected_lr(records, task, method, iterations)
-        out += [
-            r
-            for r in records
-            if (r["task"], r["scale"], r["method"]) == (task, scale, method)
-            and r["lr"] == lr
-            and r["iterations"] == iterations
-            and r["phase"] in ("sweep", "final")
-            and not r["layer_kwargs"].get("context_kwargs")
-        ]
-    return sorted(out, key=lambda r: r["seed"])
-
-
-def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "n/a"
-    mean = statistics.mean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f} (1 seed)"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def _rates(r: dict) -> str:
-    k = r["layer_kwargs"]
-    return "{" + ", ".join(map(str, k["rates"])) + "}" if "rates" in k else ""
-
-
-def result_table(records: list[dict], task: str, scale: str) -> str:
-    lines = [
-        "| method | rates | lr | seeds | test context acc. (%) | vehicle-class acc. (%) "
-        "| test mIoU (%) | val context acc. (%) | MACs (G) | params (k) | s / it | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method in METHODS:
-        rs = final_runs(records, task, scale, method)
-        if not rs:
-            lines.append(f"| {method} | | | not run | | | | | | | | |")
-            continue
-        lines.append(
-            f"| {method} | {_rates(rs[0])} | {rs[0]['lr']:g} "
-            f"| {','.join(str(r['seed']) for r in rs)} "
-            f"| {_pm([r['test']['context_accuracy'] for r in rs])} "
-            f"| {_pm([r['test']['vehicle_class_accuracy'] for r in rs])} "
-            f"| {_pm([r['test']['miou'] for r in rs])} "
-            f"| {_pm([r['val']['context_accuracy'] for r in rs])} "
-            f"| {rs[0]['macs'] / 1e9:.3f} | {rs[0]['params'] / 1e3:.0f} "
-            f"| {statistics.median(r['s_per_it'] for r in rs):.3f} "
-            f"| {max(r['peak_mb'] for r in rs):.0f} |"
-        )
-    its = sorted({r["iterations"] for m in METHODS for r in final_runs(records, task, scale, m)})
-    lines.append("")
-    lines.append(f"({task} task, {scale}, {'/'.join(map(str, its))} iterations; test split.)")
-    return "\n".join(lines)
-
-
-def sweep_table(records: list[dict], task: str) -> str:
-    lines = [
-        "| method | " + " | ".join(f"val ctx. acc. lr {lr:g}" for lr in LRS) + " | selected |",
-        "|---|" + "---|" * (len(LRS) + 1),
-    ]
-    for method in METHODS:
-        cells = []
-        for lr in LRS:
-            rs = [
-                r
-                for r in records
-                if (r["task"], r["scale"], r["method"], r["seed"]) == (task, SMALL, method, 0)
-                and r["lr"] == lr
-                and r["phase"] in ("sweep", "final")
-                and not r["layer_kwargs"].get("context_kwargs")
-            ]
-            cells.append(f"{100 * rs[0]['val']['context_accuracy']:.1f}" if rs else "not run")
-        its = sorted({r["iterations"] for r in records if r["phase"] == "sweep"})
-        lr = selected_lr(records, task, method, its[-1]) if its else None
-        lines.append(
-            f"| {method} | " + " | ".join(cells) + f" | {lr:g} |"
-            if lr
-            else f"| {method} | " + " | ".join(cells) + " | (incomplete) |"
-        )
-    return "\n".join(lines)
-
-
-def ablation_table(records: list[dict]) -> str:
-    rs = [r for r in records if r["phase"] == "ablation"]
-    lines = [
-        "| task | scale | method | change | lr | seed | val context acc. (%) "
-        "| test context acc. (%) | val acc. along the run (%) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rs:
-        change = json.dumps(r["layer_kwargs"].get("context_kwargs") or {}) + (
-            f" rates {_rates(r)}" if "rates" in r["layer_kwargs"] else ""
-        )
-        curve = " ".join(f"{100 * c[1]:.0f}" for c in r["curve"])
-        lines.append(
-            f"| {r['task']} | {r['scale']} | {r['method']} | {change} | {r['lr']:g} "
-            f"| {r['seed']} | {100 * r['val']['context_accuracy']:.1f} "
-            f"| {100 * r['test']['context_accuracy']:.1f} | {curve} |"
-        )
-    return "\n".join(lines) if rs else "(no ablation runs in results/comparison.json)"
-
-
-def erf_table(records: list[dict]) -> str:
-    lines = [
-        "| task | scale | seed | trained FCN: r50 / r90 / r99 (px) | cue gap (px) "
-        "| gradient mass beyond the gap |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        if "erf" in r and r["phase"] in ("sweep", "final"):
-            e = r["erf"]
-            lines.append(
-                f"| {r['task']} | {r['scale']} | {r['seed']} (lr {r['lr']:g}) "
-                f"| {e['r50']} / {e['r90']} / {e['r99']} | {e['gap_px']} "
-                f"| {100 * e['mass_beyond_gap']:.2f}% |"
-            )
-    return "\n".join(lines)
-
-
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated (lower cost x, higher accuracy y), by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def plot_pareto(records: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
-    costs = (("macs", "MACs (G)", 1e-9), ("s_per_it", "s / training iteration", 1.0),
-             ("peak_mb", "peak MB", 1.0))  # fmt: skip
-    fig, axes = plt.subplots(
-        len(tasks) * len(SCALES), 3, figsize=(13, 3.2 * len(tasks) * len(SCALES)), squeeze=False
-    )
-    row = 0
-    for task in tasks:
-        for scale in SCALES:
-            runs = {m: final_runs(records, task, scale, m) for m in METHODS}
-            runs = {m: rs for m, rs in runs.items() if rs}
-            for col, (field, label, unit) in enumerate(costs):
-                ax = axes[row, col]
-                pts = [
-                    (
-                        statistics.median(r[field] for r in rs) * unit,
-                        statistics.mean(r["test"]["context_accuracy"] for r in rs),
-                    )
-                    for rs in runs.values()
-                ]
-                for (x, y), m in zip(pts, runs, strict=True):
-                    ax.scatter(x, 100 * y)
-                    ax.annotate(m.replace("+ ", ""), (x, 100 * y), fontsize=7)
-                front = pareto(pts)
-                ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "k--", lw=1)
-                ax.set_xlabel(label)
-                ax.set_ylabel("test context acc. (%)")
-                ax.set_title(f"{task} {scale}", fontsize=9)
-            row += 1
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def plot_curves(records: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
-    fig, axes = plt.subplots(len(tasks), len(SCALES), figsize=(11, 3.4 * len(tasks)), squeeze=False)
-    for i, task in enumerate(tasks):
-        for j, scale in enumerate(SCALES):
-            ax = axes[i, j]
-            for method in METHODS:
-                rs = final_runs(records, task, scale, method)
-                if not rs:
-                    continue
-                its = [c[0] for c in rs[0]["curve"]]
-                acc = [statistics.mean(r["curve"][k][1] for r in rs) * 100 for k in range(len(its))]
-                ax.plot(its, acc, marker="o", ms=3, label=method)
-            ax.axhline(100 / 3, color="grey", ls=":", lw=1)
-            ax.set_title(f"{task} {scale}: val context acc. (mean over seeds)", fontsize=9)
-            ax.set_xlabel("iteration")
-            ax.set_ylim(0, 100)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     begin, end = GENERATED.format(name=name), END.format(name=name)
@@ -601,34 +346,6 @@ def report(records: list[dict]) -> int:
     plot_curves(records, REPO / "results" / "comparison_curves.png")
     print(f"wrote {DOCS}, {README}, results/comparison_pareto.png, results/comparison_curves.png")
     return 0
-
-
-def plot_tasks(path: Path, n: int = 3) -> None:
-    """The figure of data/README.md: frames of both tasks, the context pixels outlined in
-    red and, on the redundant task, the far zone (the cue) hatched in yellow."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from dgmn_ref.data.redundant import far_zone
-    from dgmn_ref.data.synthetic import renderer
-
-    fig, axes = plt.subplots(len(TASKS), n, figsize=(4 * n, 2.3 * len(TASKS)), squeeze=False)
-    for i, task in enumerate(TASKS):
-        for j in range(n):
-            scene = renderer(task)(np.random.default_rng([0, 0, j]), SCALES[SMALL])
-            ax = axes[i, j]
-            ax.imshow(scene.rgb)
-            ax.contour(scene.context, levels=[0.5], colors="red", linewidths=1)
-            if task == "redundant":
-                left = bool(np.nonzero(scene.context)[1].mean() < scene.rgb.shape[1] / 2)
-                ax.contourf(far_zone(scene.context.shape, left), levels=[0.5, 1.5],
-                            colors="none", hatches=["//"])  # fmt: skip
-            ax.set_title(f"{task}: vehicles are {scene.beacon_class}", fontsize=9)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    print(f"wrote {path}")
 
 
 def write_erf() -> int:
