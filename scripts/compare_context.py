@@ -338,7 +338,8 @@ def report(records: list[dict]) -> int:
             sections[f"{task} {scale}"] = result_table(records, task, scale)
         sections[f"{task} sweep"] = sweep_table(records, task)
     sections["ablations"] = ablation_table(records)
-    sections["erf"] = erf_table(records)
+    at_init = json.loads(ERF_JSON.read_text()) if ERF_JSON.is_file() else None
+    sections["erf"] = erf_table(records, at_init)
     for name, body in sections.items():
         _replace(DOCS, name, body)
     _replace(README, "redundant 192x384", sections["redundant 192x384"])

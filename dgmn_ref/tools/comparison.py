@@ -221,19 +221,28 @@ def ablation_table(records: list[dict]) -> str:
     return "\n".join(lines) if rs else "(no ablation runs in results/comparison.json)"
 
 
-def erf_table(records: list[dict]) -> str:
+def erf_table(records: list[dict], at_init: dict | None = None) -> str:
+    """The Dilated FCN's effective receptive field beside the cue's distance: untrained
+    (``at_init``, results/erf.json) and after training (the FCN records)."""
     lines = [
-        "| task | scale | seed | trained FCN: r50 / r90 / r99 (px) | cue gap (px) "
-        "| gradient mass beyond the gap |",
-        "|---|---|---|---|---|---|",
+        "| task | scale | Dilated FCN | r50 / r90 / r95 / r99 (px) | cue gap (px) "
+        "| gradient mass beyond the gap | test context acc. (%) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for name, e in (at_init or {}).items():
+        task, scale = name.split()
+        lines.append(
+            f"| {task} | {scale} | untrained | {e['r50']} / {e['r90']} / {e['r95']} / "
+            f"{e['r99']} | {e['gap_px']} | {100 * e['mass_beyond_gap']:.2f}% | |"
+        )
     for r in records:
         if "erf" in r and r["phase"] in ("sweep", "final"):
             e = r["erf"]
             lines.append(
-                f"| {r['task']} | {r['scale']} | {r['seed']} (lr {r['lr']:g}) "
-                f"| {e['r50']} / {e['r90']} / {e['r99']} | {e['gap_px']} "
-                f"| {100 * e['mass_beyond_gap']:.2f}% |"
+                f"| {r['task']} | {r['scale']} | trained, seed {r['seed']}, lr {r['lr']:g} "
+                f"| {e['r50']} / {e['r90']} / {e['r95']} / {e['r99']} | {e['gap_px']} "
+                f"| {100 * e['mass_beyond_gap']:.2f}% "
+                f"| {100 * r['test']['context_accuracy']:.1f} |"
             )
     return "\n".join(lines)
 
