@@ -66,6 +66,14 @@ class DynamicMessageCalculation(nn.Module):
       by one ``ks x ks`` conv over the walked neighbourhood (eq. 6-7); off: static learned
       parameters (DGMN Base of sec. 3.2): affinity logits ``k`` and filters ``g k``.
     * ``groups = 0``: no filter at all (weights = 1), Table 6's "G = 0".
+    * ``bias``: biases on the walk conv and the predictor (eq. 4 and 6 have them); the
+      released code has none (``bias=False``).
+    * ``affinity_from_filters``: a bug of the released code, reproduced for fidelity and
+      off by default. ``ReDynamicWeightsCat33`` takes its 4th rate's affinity logits from
+      the *filter* logits (``att4 = dynamic_filter4[:, -9:, :, :]``, ``dynamic_weight.py``
+      line 721; also line 527 of ``ReDynamicWeightsCat11``): the last K of the G*K filter
+      channels (group G's filter logits) are normalised as the affinity, and the predictor's
+      K affinity outputs are computed but unused, so they get no gradient.
     """
 
     def __init__(
@@ -81,6 +89,8 @@ class DynamicMessageCalculation(nn.Module):
         affinity_norm: str = "softmax",
         walk_init: str = "zero",
         impl: str = "reference",
+        bias: bool = True,
+        affinity_from_filters: bool = False,
     ) -> None:
         super().__init__()
         self.rate = functional.check_rate(rate)
@@ -108,8 +118,16 @@ class DynamicMessageCalculation(nn.Module):
             raise ValueError(
                 f"affinity_norm: expected 'softmax' or 'sigmoid', got {affinity_norm!r}"
             )
+        if affinity_from_filters and not (dynamic_weights and dynamic_affinity):
+            raise ValueError(
+                "affinity_from_filters: the released code's rate-4 affinity is read from the "
+                "dynamic filter logits, which needs dynamic_weights=True and "
+                f"dynamic_affinity=True, got dynamic_weights={dynamic_weights}, "
+                f"dynamic_affinity={dynamic_affinity}"
+            )
         message_ops(impl)
         self.channels, self.groups, self.impl = channels, groups, impl
+        self.affinity_from_filters = affinity_from_filters
         self.filter_norm, self.affinity_norm = filter_norm, affinity_norm
         self.dynamic_affinity = dynamic_affinity
         self.dynamic_weights = dynamic_weights
@@ -121,23 +139,28 @@ class DynamicMessageCalculation(nn.Module):
         # walk_init="default" keeps PyTorch's random init, as the released code does.
         self.walk_conv = None
         if dynamic_sampling:
-            self.walk_conv = nn.Conv2d(channels, 2 * k, kernel_size, padding=padding, dilation=rate)
+            self.walk_conv = nn.Conv2d(
+                channels, 2 * k, kernel_size, padding=padding, dilation=rate, bias=bias
+            )
             if walk_init == "zero":
                 nn.init.zeros_(self.walk_conv.weight)
-                nn.init.zeros_(self.walk_conv.bias)
+                if bias:
+                    nn.init.zeros_(self.walk_conv.bias)
 
         # eq. 6: one conv predicts G*K filters then K affinity logits. Initialised so that
-        # the layer starts as the uniform average (filters 1, affinities 1/K).
+        # the layer starts as the uniform average (filters 1, affinities 1/K); without
+        # biases the filters start near 0, so the message starts near 0.
         outputs = groups * k * dynamic_weights + k * dynamic_affinity
         self.predictor = None
         if outputs:
             self.predictor = nn.Conv2d(
-                channels, outputs, kernel_size, padding=padding, dilation=rate
+                channels, outputs, kernel_size, padding=padding, dilation=rate, bias=bias
             )
             nn.init.normal_(self.predictor.weight, std=1e-3)
-            nn.init.zeros_(self.predictor.bias)
-            if dynamic_weights:
-                nn.init.ones_(self.predictor.bias[: groups * k])
+            if bias:
+                nn.init.zeros_(self.predictor.bias)
+                if dynamic_weights:
+                    nn.init.ones_(self.predictor.bias[: groups * k])
         self.static_affinity = None if dynamic_affinity else nn.Parameter(torch.zeros(k))
         self.static_weights = None
         if groups and not dynamic_weights:
@@ -148,6 +171,7 @@ class DynamicMessageCalculation(nn.Module):
             f"rate={self.rate}, groups={self.groups}, kernel_size={self.kernel_size}, "
             f"DA={self.dynamic_affinity}, DW={self.dynamic_weights}, "
             f"DS={self.dynamic_sampling}, impl={self.impl!r}"
+            + (", affinity_from_filters=True" if self.affinity_from_filters else "")
         )
 
     def forward(self, h: Tensor) -> RateState:
@@ -169,6 +193,8 @@ class DynamicMessageCalculation(nn.Module):
             filters, logits = functional.split_filters_affinities(
                 prediction, self.groups if self.dynamic_weights else 0, k
             )
+            if self.affinity_from_filters:  # dynamic_weight.py:721, the released bug
+                logits = filters[:, -1]  # group G's filter logits, "b k h w"
         if logits is None:
             logits = repeat(self.static_affinity, "k -> b k h w", b=b, h=height, w=width)
         if filters is None:
@@ -177,9 +203,9 @@ class DynamicMessageCalculation(nn.Module):
 
         if self.affinity_norm == "softmax":
             affinity = functional.normalise_affinity(logits)
-        else:  # the released code's per-neighbour sigmoid attention
+        else:  # per-neighbour sigmoid: the released Cat* classes (not the configured one)
             affinity = logits.sigmoid()
-        if self.filter_norm == "softmax":  # the released code normalises filters over k
+        if self.filter_norm == "softmax":  # the released Cat* classes and modes, over k
             filters = filters.softmax(dim=2)
 
         message = ops.dynamic_message(h, walks, affinity, filters, self.rate)
@@ -268,10 +294,25 @@ class DGMN(nn.Module):
         dynamic_affinity, dynamic_weights, dynamic_sampling: the DA / DW / DS switches.
         fusion: ``"concat"`` (default, reproduces Table 1a), ``"sum"`` (eq. 2-3 literally)
             or ``"residual"`` (the released code), see :class:`MessageFusion`.
-        filter_norm: ``"none"`` (paper) or ``"softmax"`` over K (released code).
-        affinity_norm: ``"softmax"`` over K (paper, eq. 7) or ``"sigmoid"`` (released code).
-        walk_init: ``"zero"`` (start from uniform sampling) or ``"default"`` (released code).
+        filter_norm: ``"none"`` (paper, and the released configured layer) or ``"softmax"``
+            over K (the released code's unconfigured ``Cat*`` classes and modes).
+        affinity_norm: ``"softmax"`` over K (paper eq. 7, and the released configured
+            layer) or ``"sigmoid"`` (the released code's unconfigured ``Cat*`` classes).
+        walk_init: ``"zero"`` (start from uniform sampling) or ``"default"`` (PyTorch's
+            init, as the released code).
         impl: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
+        bias: biases on the walk and predictor convs (eq. 4, 6); the released code has none.
+        released_att4_bug: reproduce a bug of the released code (off by default): the 4th
+            rate takes its affinity from its filter logits (``dynamic_weight.py`` line 721),
+            see :class:`DynamicMessageCalculation`. Needs at least 4 rates.
+
+    The authors' released layer (``ReDynamicWeightsCat33``, ``deform="deformatt"``, as
+    their COCO configs build it) is ``DGMN(C, **variant_kwargs("released"))``: rates
+    (1, 4, 8, 12), G = 4, ``filter_norm="none"``, ``affinity_norm="softmax"``,
+    ``fusion="residual"``, ``bias=False``, ``walk_init="default"``; add
+    ``released_att4_bug=True`` to run a model trained with the released code as it ran
+    there (``tests/test_released.py`` checks both against a transcription of its forward;
+    :mod:`dgmn_ref.released` loads its weights).
 
     Example:
         >>> layer = DGMN(16, rates=(1, 2), groups=4)
@@ -293,6 +334,8 @@ class DGMN(nn.Module):
         affinity_norm: str = "softmax",
         walk_init: str = "zero",
         impl: str = "reference",
+        bias: bool = True,
+        released_att4_bug: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -300,6 +343,11 @@ class DGMN(nn.Module):
         rates = tuple(rates)
         if not rates:
             raise ValueError("rates: expected at least one sampling rate, got ()")
+        if released_att4_bug and len(rates) < 4:
+            raise ValueError(
+                "released_att4_bug: the released code's bug is in its 4th rate, expected at "
+                f"least 4 rates, got rates={rates}"
+            )
         self.channels, self.rates = channels, rates
         self.rate_messages = nn.ModuleList(
             DynamicMessageCalculation(
@@ -314,8 +362,10 @@ class DGMN(nn.Module):
                 affinity_norm=affinity_norm,
                 walk_init=walk_init,
                 impl=impl,
+                bias=bias,
+                affinity_from_filters=released_att4_bug and q == 3,
             )
-            for rate in rates
+            for q, rate in enumerate(rates)
         )
         self.fusion = MessageFusion(channels, len(rates), fusion)
 
