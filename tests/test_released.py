@@ -20,7 +20,10 @@ many samples leave the map and most fall between pixels.
 
 from __future__ import annotations
 
+import ast
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,6 +293,16 @@ def test_released_variant_is_the_configured_layer():
     # the released offset convs keep PyTorch's init: walks are non-zero from the start
     _, states = layer.forward_with_states(torch.randn(1, 16, 5, 5))
     assert all(state.walks.abs().max() > 0 for state in states)
+
+
+def test_readme_gives_the_tested_recipe():
+    """The README's recipe is exactly ``variant_kwargs("released")``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r'# variant_kwargs\("released"\) == (dict\(.*?\)) +#', readme, re.DOTALL)
+    assert match, "README: the released recipe line is missing"
+    call = ast.parse(re.sub(r"\n#", "\n", match[1]), mode="eval").body
+    recipe = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    assert recipe == variant_kwargs("released")
 
 
 def test_parameter_counts_at_c512():
