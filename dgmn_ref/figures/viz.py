@@ -222,17 +222,9 @@ def message_sources(
     weight = data.affinity[chosen, batch, :, y, x] * reduce(
         data.weights[chosen, batch, :, :, y, x], "s g k -> s k", "mean"
     )
-    floor = positions.floor()
-    frac = positions - floor
-    heat = positions.new_zeros(height * width)
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        rows, cols = floor[..., 0] + dy, floor[..., 1] + dx  # s k
-        corner = (frac[..., 0] if dy else 1 - frac[..., 0]) * (
-            frac[..., 1] if dx else 1 - frac[..., 1]
-        )
-        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-        index = (rows * width + cols)[inside].long()
-        heat.index_add_(0, index, (weight * corner)[inside])
+    index, beta = functional.bilinear_corners(positions[..., 0], positions[..., 1], height, width)
+    heat = positions.new_zeros(height * width)  # corners outside the map have beta = 0
+    heat.index_add_(0, index.flatten(), (weight * beta).flatten())
     return rearrange(heat, "(h w) -> h w", h=height)
 
 
