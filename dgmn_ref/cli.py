@@ -1,6 +1,7 @@
 """The ``dgmn-ref`` command line, every entry point of the package in one file.
 
-``complexity``, ``make-data``, ``train``, ``evaluate``, ``bench``. :func:`main` only
+``complexity``, ``make-data``, ``train``, ``evaluate``, ``bench``, ``explore-export``,
+``explore-numbers``. :func:`main` only
 dispatches: each command imports what it needs when it runs, so ``dgmn-ref --help`` (and
 ``dgmn-ref complexity``) never import torch's training stack or the data code.
 ``python -m dgmn_ref.train`` (for ``torchrun``) runs :func:`train_main`.
@@ -24,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train_main", "train a segmentation model"),
     "evaluate": ("evaluate_main", "evaluate a checkpoint (mIoU)"),
     "bench": ("bench_main", "time and memory of DGMN vs Non-local and a floor"),
+    "explore-export": ("explore_export_main", "the walk explorer as one HTML page (no Python)"),
+    "explore-numbers": ("explore_numbers_main", "where the learned walks go, in numbers (JSON)"),
 }
 
 
@@ -247,6 +250,74 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         args.channels, args.sizes, args.repeats = 64, [24, 32], 2
         args.reference_max_size = max(args.sizes)
     return run_bench(args)
+
+
+# --------------------------------------------------------------------------- explore
+
+
+def explore_export_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref explore-export RUN [--images ...] [--out explorer.html]``: the page of
+    :mod:`dgmn_ref.figures.explorer_html`; 2 with the message on a bad run or image."""
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref explore-export",
+        description="Write one self-contained HTML page (no server, no network) to explore "
+        "the learned walks of a DGMN run: click a pixel to see its neighbours per rate.",
+    )
+    parser.add_argument("run", help="run folder (or checkpoint.pt) of a DGMN model")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        help="validation frame indices of the run's dataset, or PNG/JPEG files resized to the "
+        "run's crop size (default: frames 0 1 2 3)",
+    )
+    parser.add_argument("--layer", default=None, help="DGMN layer name (default: all)")
+    parser.add_argument("--out", default="explorer.html", help="output file")
+    args = parser.parse_args(argv)
+    import torch
+
+    from dgmn_ref.figures.explorer_html import export_explorer
+
+    torch.set_num_threads(1)  # small tensors; many small message-source maps
+    try:
+        out = export_explorer(args.run, args.images, args.out, args.layer)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgmn-ref explore-export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def explore_numbers_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref explore-numbers RUN --out FILE.json [--gallery PREFIX]``: see
+    :func:`dgmn_ref.figures.explore.explore_numbers`."""
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref explore-numbers",
+        description="Where the learned walks go: walk length per rate and the share of walked "
+        "vs uniform positions on the beacon (synthetic-data runs), as JSON; optionally a "
+        "gallery of four nodes as PNG.",
+    )
+    parser.add_argument("run", help="run folder of a DGMN model trained on --dataset synthetic")
+    parser.add_argument("--frames", type=int, default=60, help="validation frames (default 60)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--gallery", default=None, help="PNG prefix, e.g. docs/explorer-gallery")
+    args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    import torch
+
+    from dgmn_ref.figures.explore import explore_numbers
+
+    torch.set_num_threads(1)
+    try:
+        result = explore_numbers(args.run, args.frames, args.gallery)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgmn-ref explore-numbers: error: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
 
 
 # ------------------------------------------------------------------------- dispatch
