@@ -112,6 +112,9 @@ def test_committed_page():
     assert len(payload["frames"]) == 4
     assert payload["layers"][0]["rates"] == [1, 3, 6, 12]
     assert not re.search(r"https?://|<link|\bsrc=", html)
+    size = f"{len(html.encode()) / 1e6:.2f} MB"
+    for doc in (REPO / "README.md", REPO / "docs" / "explorer.md"):
+        assert size in doc.read_text(), f"{doc} should quote the page's size, {size}"
 
 
 # ----------------------------------------------------------------- loading any run
