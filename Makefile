@@ -33,7 +33,7 @@ data: venv
 	$(BIN)/dgmn-ref make-data
 
 unit: venv
-	$(TESTENV) $(BIN)/python -m pytest tests -m "not browser" -q
+	$(TESTENV) $(BIN)/python -m pytest tests --doctest-modules dgmn_ref -m "not browser" -q
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 	--nbval-cell-timeout 300 -p no:cacheprovider -q

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from dgmn_ref import functional
+from dgmn_ref.figures.common import new_axes, to_numpy
 from dgmn_ref.layer import DGMN
 
 __all__ = [
@@ -258,7 +259,7 @@ def _image_coords(data: WalkData, image: np.ndarray | None) -> tuple[float, floa
 
 def _to_image(yx: Tensor, scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Feature-pixel positions ``... p`` to image ``(rows, cols)`` arrays (pixel centres)."""
-    yx = yx.detach().double().cpu().numpy()
+    yx = to_numpy(yx)
     return (yx[..., 0] + 0.5) * scale[0] - 0.5, (yx[..., 1] + 0.5) * scale[1] - 0.5
 
 
@@ -294,12 +295,6 @@ def _mark_node(ax: Axes, node: tuple[int, int], scale: tuple[float, float]) -> N
     )
 
 
-def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return ax
-
-
 def plot_neighbourhood(
     data: WalkData,
     node: tuple[int, int],
@@ -333,7 +328,7 @@ def plot_neighbourhood(
         rings, one for the walked dots and a ``Quiver`` for the walks.
     """
     y, x = data.check_node(node, batch)
-    ax = _new_axes(ax, (6, 3.6))
+    ax = new_axes(ax, (6, 3.6), layout="constrained")
     scale = _image_coords(data, image)
     _background(ax, data, image)
     colours = rate_colours(len(data.rates))
@@ -409,7 +404,7 @@ def plot_message_sources(
         node marker, and a colour bar.
     """
     y, x = data.check_node(node, batch)
-    ax = _new_axes(ax, (6, 3.6))
+    ax = new_axes(ax, (6, 3.6), layout="constrained")
     scale = _image_coords(data, image)
     _background(ax, data, image, dim=True)
     heat = message_sources(data, (y, x), batch, rates).double().cpu().numpy()
@@ -445,7 +440,7 @@ def plot_walk_lengths(
         the figure; its axes hold the pale image, the map (two ``AxesImage``) and a colour
         bar (and the node marker when ``node`` is given).
     """
-    ax = _new_axes(ax, (6, 3.6))
+    ax = new_axes(ax, (6, 3.6), layout="constrained")
     scale = _image_coords(data, image)
     _background(ax, data, image, dim=True)
     lengths = mean_walk_length(data, batch, rates).double().cpu().numpy()
