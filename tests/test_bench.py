@@ -57,6 +57,7 @@ def test_goals_are_ratios_from_the_same_run():
     assert goals["time exponent in N, Non-local (for comparison)"]["value"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_table_and_json_with_machine_information(tmp_path, capsys):
     out = tmp_path / "results.json"
     argv = ["--cases", "floor", "--sizes", "8", "12", "--channels", "8"]

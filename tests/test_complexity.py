@@ -72,6 +72,7 @@ def test_format_puts_the_papers_numbers_beside_ours():
     assert table[-1] == "| + X | +1.00M | +1.010M | +1.0% | +2.00G | +1.90G | -5.0% |"
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table():
     out = subprocess.run(
         [sys.executable, "-m", "dgmn_ref.cli", "complexity"], capture_output=True, text=True

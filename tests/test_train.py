@@ -60,7 +60,6 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.slow
 def test_resume_is_bit_identical(synthetic_root, tmp_path, one_thread):
     # 6 iterations, 2 batches per epoch: the interruption at 3 is in the middle of epoch 1
     full = train(tiny_config(synthetic_root, tmp_path / "full", dropout=0.5))
