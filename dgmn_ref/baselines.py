@@ -3,8 +3,8 @@
 * :class:`NonLocal2d`: Wang et al., CVPR 2018, embedded-Gaussian block (fully-connected
   graph, eq. 1 with a dense adjacency).
 * :class:`NonLocalHead`: the Table 1a "+ Non-local" row: the block followed by a 3x3
-  conv-BN-ReLU, as in the segmentation code bases the paper builds on (see
-  ``docs/complexity.md`` for how this reproduces +2.88M / +73.33G).
+  conv-BN-ReLU, as in the segmentation code bases the paper builds on (README, "Table 1a
+  reproduced": +2.887M / +72.46G against the paper's +2.88M / +73.33G).
 * :class:`DeformableMessagePassing`: sec. 4.1's "deformable message passing" baseline:
   learned walks (eq. 4-5) with a static C x C kernel per neighbour (a deformable
   convolution, eq. 1 with static w_j) and no dynamic filters or affinities.

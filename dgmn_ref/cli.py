@@ -1,6 +1,7 @@
 """The ``dgmn-ref`` command line, every entry point of the package in one file.
 
-``complexity``, ``make-data``, ``train``, ``evaluate``, ``bench``. :func:`main` only
+``complexity``, ``make-data``, ``check-data``, ``train``, ``evaluate``, ``bench``,
+``explore-export``, ``explore-numbers``. :func:`main` only
 dispatches: each command imports what it needs when it runs, so ``dgmn-ref --help`` (and
 ``dgmn-ref complexity``) never import torch's training stack or the data code.
 ``python -m dgmn_ref.train`` (for ``torchrun``) runs :func:`train_main`.
@@ -21,9 +22,12 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str]] = {
     "complexity": ("complexity_main", "print Table 1a: params/FLOPs vs paper"),
     "make-data": ("make_data_main", "write the embedded synthetic datasets"),
+    "check-data": ("check_data_main", "list every problem of a dataset, with its path"),
     "train": ("train_main", "train a segmentation model"),
     "evaluate": ("evaluate_main", "evaluate a checkpoint (mIoU)"),
     "bench": ("bench_main", "time and memory of DGMN vs Non-local and a floor"),
+    "explore-export": ("explore_export_main", "the walk explorer as one HTML page (no Python)"),
+    "explore-numbers": ("explore_numbers_main", "where the learned walks go, in numbers (JSON)"),
 }
 
 
@@ -75,6 +79,13 @@ def make_data_main(argv: Sequence[str] | None = None) -> int:
     for path in make_data(args.root):
         print(f"ready: {path}")
     return 0
+
+
+def check_data_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref check-data``: see :mod:`dgmn_ref.data.check` (exit 1 if any error)."""
+    from dgmn_ref.data.check import main
+
+    return main(argv)
 
 
 # ------------------------------------------------------------------- train, evaluate
@@ -153,7 +164,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``dgmn-ref train``: returns 0 on success, 2 on a bad setting (message on stderr)."""
+    """``dgmn-ref train``: returns 0 on success, 2 on a bad setting, data, checkpoint or a
+    run folder in use (nothing written), 1 if the run stopped (non-finite, disk full)."""
+    from dgmn_ref.runlock import RunLockedError
     from dgmn_ref.training import train
     from dgmn_ref.training.evaluate import report_evaluation
 
@@ -161,9 +174,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RunLockedError) as err:
         print(f"dgmn-ref train: error: {err}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as err:
+        print(f"dgmn-ref train: stopped: {err}", file=sys.stderr)
+        return 1
     if args.evaluate and int(os.environ.get("RANK", "0")) == 0:
         report_evaluation(cfg, result["model"], "val", Path(cfg.out))
     return 0
@@ -171,24 +187,36 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``dgmn-ref evaluate RUN``: mIoU of a trained run on a split (table on stdout,
-    ``RUN/eval_<split>.json``)."""
+    ``RUN/eval_<split>.json``, or ``RUN/eval_<split>_subset<N>.json`` with ``--subset N``)."""
     from dgmn_ref.layer import IMPLS
     from dgmn_ref.training import TrainConfig, build_model, load_run
-    from dgmn_ref.training.config import AMP_MODES
+    from dgmn_ref.training.config import AMP_MODES, SYNTHETIC_ROOT
     from dgmn_ref.training.distributed import resolve_device
     from dgmn_ref.training.evaluate import report_evaluation
+    from dgmn_ref.training.integrity import nonfinite_tensors
 
     p = argparse.ArgumentParser(prog="dgmn-ref evaluate", description=evaluate_main.__doc__)
     p.add_argument("run", help="a run folder (with checkpoint.pt and config.json) or a .pt")
     p.add_argument("--root", help="dataset root (default: the one the run was trained on)")
     p.add_argument("--split", default="val", help="the split to evaluate (default: val)")
-    p.add_argument("--subset", type=int, help="evaluate the first N images")
+    p.add_argument("--subset", type=int, help="evaluate the first N images (N >= 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision")
     p.add_argument("--impl", choices=IMPLS, help="DGMN kernels (default: the run's)")
+    p.add_argument(
+        "--make-data", action="store_true", help="generate the synthetic data if root is missing"
+    )
     args = p.parse_args(argv)
+    if args.subset is not None and args.subset < 1:
+        p.error(f"--subset: expected an int >= 1 (images to evaluate), got {args.subset}")
     try:
         state = load_run(args.run)
+        bad = nonfinite_tensors(state["model"])
+        if bad:
+            raise ValueError(
+                f"{args.run}: the model holds NaN or infinity in {len(bad)} tensors ({bad[0]}, "
+                "...); it cannot be evaluated"
+            )
         values = state["config"] | {"device": args.device, "amp": args.amp, "pretrained": None}
         if args.root:
             values["root"] = args.root
@@ -197,6 +225,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         if args.subset is not None:
             values["val_subset"] = args.subset
         cfg = TrainConfig.from_dict(values).check()
+        root = Path(cfg.root or SYNTHETIC_ROOT)
+        if cfg.dataset == "synthetic" and not root.is_dir() and not args.make_data:
+            raise FileNotFoundError(
+                f"root: {str(root)!r} is not a directory; pass --make-data to generate the "
+                "synthetic data there"
+            )
         model = build_model(cfg)
         model.load_state_dict(state["model"])
         model.to(resolve_device(cfg.device))
@@ -257,13 +291,96 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
 
     from dgmn_ref.tools.bench import run_bench
 
-    args = bench_parser().parse_args(argv)
+    parser = bench_parser()
+    args = parser.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name in ("sizes", "channels", "batch", "repeats", "threads", "reference_max_size"):
+        value = getattr(args, name)
+        if min(value if isinstance(value, list) else [value]) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected ints >= 1, got {value}")
+    if args.channels % 4:
+        parser.error(f"--channels: expected a multiple of 4 (DGMN's groups), got {args.channels}")
+    if not args.timeout > 0:
+        parser.error(f"--timeout: expected seconds > 0, got {args.timeout}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.quick:
         args.channels, args.sizes, args.repeats = 64, [24, 32], 2
         args.reference_max_size = max(args.sizes)
     return run_bench(args)
+
+
+# --------------------------------------------------------------------------- explore
+
+
+def explore_export_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref explore-export RUN [--images ...] [--out explorer.html]``: the page of
+    :mod:`dgmn_ref.figures.explorer_html`; 2 with the message on a bad run or image."""
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref explore-export",
+        description="Write one self-contained HTML page (no server, no network) to explore "
+        "the learned walks of a DGMN run: click a pixel to see its neighbours per rate.",
+    )
+    parser.add_argument("run", help="run folder (or checkpoint.pt) of a DGMN model")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=None,
+        help="validation frame indices of the run's dataset, or PNG/JPEG files resized to the "
+        "run's crop size (default: frames 0 1 2 3)",
+    )
+    parser.add_argument("--layer", default=None, help="DGMN layer name (default: all)")
+    parser.add_argument("--out", default="explorer.html", help="output file")
+    args = parser.parse_args(argv)
+    import torch
+
+    from dgmn_ref.figures.explorer_html import export_explorer
+
+    torch.set_num_threads(1)  # small tensors; many small message-source maps
+    try:
+        out = export_explorer(args.run, args.images, args.out, args.layer)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgmn-ref explore-export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def explore_numbers_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref explore-numbers RUN --out FILE.json [--gallery PREFIX]``: see
+    :func:`dgmn_ref.figures.explore.explore_numbers`."""
+    parser = argparse.ArgumentParser(
+        prog="dgmn-ref explore-numbers",
+        description="Where the learned walks go: walk length per rate and the share of walked "
+        "vs uniform positions on the beacon (synthetic-data runs), as JSON; optionally a "
+        "gallery of four nodes as PNG.",
+    )
+    parser.add_argument("run", help="run folder of a DGMN model trained on --dataset synthetic")
+    parser.add_argument("--frames", type=int, default=60, help="validation frames (default 60)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--gallery", default=None, help="PNG prefix, e.g. docs/explorer-gallery")
+    args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    import torch
+
+    from dgmn_ref.figures.explore import explore_numbers
+
+    torch.set_num_threads(1)
+    try:
+        result = explore_numbers(args.run, args.frames, args.gallery)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"dgmn-ref explore-numbers: error: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
 
 
 # ------------------------------------------------------------------------- dispatch

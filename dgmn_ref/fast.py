@@ -44,10 +44,18 @@ from torch.utils.checkpoint import checkpoint
 
 from dgmn_ref import functional
 
-__all__ = ["neighbourhood_conv", "dynamic_message", "bilinear_taps"]
+# The layer reads all its equations from one namespace, this module or functional; these
+# three have no faster form and are the reference's own.
+from dgmn_ref.functional import normalise_affinity, predict_walks, split_filters_affinities
 
-# The four corners of a bilinear sample, (row step, column step), in the reference order.
-CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))
+__all__ = [
+    "neighbourhood_conv",
+    "dynamic_message",
+    "bilinear_taps",
+    "normalise_affinity",
+    "predict_walks",
+    "split_filters_affinities",
+]
 
 
 def bilinear_taps(walks: Tensor, rate: int, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -56,8 +64,8 @@ def bilinear_taps(walks: Tensor, rate: int, height: int, width: int) -> tuple[Te
     Neighbour k of node (y, x) sits at the uniform position of eq. (3) plus its walk
     (eq. 4); its bilinear sample is :math:`\sum_f \beta_f h[\mathrm{index}_f]` over the four
     surrounding pixels. A corner outside the map gets weight 0 (and a clamped, valid index).
-    The arithmetic is that of :func:`dgmn_ref.functional.bilinear_sample`, so positions,
-    floors and weights are bit-identical to the reference, and so are their gradients.
+    The arithmetic is :func:`dgmn_ref.functional.bilinear_corners`, the reference's own, so
+    positions, floors and weights are bit-identical to it, and so are their gradients.
 
     Args:
         walks: ``b k p h w`` in pixels (p = 2: dy, dx).
@@ -75,16 +83,8 @@ def bilinear_taps(walks: Tensor, rate: int, height: int, width: int) -> tuple[Te
         height, width, rate, ks, device=walks.device, dtype=dtype
     )
     y, x = (uniform + walks.to(dtype)).unbind(dim=2)  # b k h w
-    y0, x0 = torch.floor(y), torch.floor(x)
-    fy, fx = y - y0, x - x0
-    row_weights, col_weights = (1 - fy, fy), (1 - fx, fx)
-    indices, betas = [], []
-    for dy, dx in CORNERS:
-        rows, cols = (y0 + dy).long(), (x0 + dx).long()
-        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-        indices.append(rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1))
-        betas.append(row_weights[dy] * col_weights[dx] * inside)
-    return torch.stack(indices, dim=2), torch.stack(betas, dim=2)
+    index, beta = functional.bilinear_corners(y, x, height, width)
+    return rearrange(index, "f b k h w -> b k f h w"), rearrange(beta, "f b k h w -> b k f h w")
 
 
 class GatherSum(torch.autograd.Function):

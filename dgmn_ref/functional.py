@@ -28,6 +28,7 @@ from einops import einsum, rearrange, repeat
 from torch import Tensor
 
 __all__ = [
+    "bilinear_corners",
     "message_dense",
     "message_local",
     "update",
@@ -301,6 +302,40 @@ def predict_walks(h: Tensor, weight: Tensor, bias: Tensor | None, rate: int) -> 
 
 
 # ---------------------------------------------------------------------------- eq. 5
+def bilinear_corners(y: Tensor, x: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    r"""The four pixels around real positions (y, x) and their bilinear weights.
+
+    :math:`\varrho(h | p) = \sum_f \beta_f h[\mathrm{index}_f]` over the corners f =
+    top-left, top-right, bottom-left, bottom-right; :math:`\beta` is the product of the
+    row and column weights ``1 - frac`` / ``frac``. A corner outside the map gets weight 0
+    and a clamped (valid) index. The one copy of this arithmetic: the reference sampler,
+    the fast kernels and the figures all call it.
+
+    Args:
+        y, x: positions in pixels, any shape ``*``, the same for both.
+        height, width: the map's size.
+
+    Returns:
+        ``(index, beta)``, both ``f *`` with f = 4: the flat pixel ``row * width + col``
+        (int64) and the weight (differentiable in y and x).
+
+    Example:
+        >>> index, beta = bilinear_corners(torch.tensor([0.25]), torch.tensor([1.5]), 2, 3)
+        >>> index.flatten().tolist(), beta.flatten().tolist()
+        ([1, 2, 4, 5], [0.375, 0.375, 0.125, 0.125])
+    """
+    y0, x0 = torch.floor(y), torch.floor(x)
+    fy, fx = y - y0, x - x0
+    row_weights, col_weights = (1 - fy, fy), (1 - fx, fx)
+    indices, betas = [], []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        rows, cols = (y0 + dy).long(), (x0 + dx).long()
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        indices.append(rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1))
+        betas.append(row_weights[dy] * col_weights[dx] * inside)
+    return torch.stack(indices), torch.stack(betas)
+
+
 def bilinear_sample(h: Tensor, positions: Tensor) -> Tensor:
     r"""Eq. (5)'s sampler :math:`\varrho`: features of h at real-valued positions.
 
@@ -318,22 +353,13 @@ def bilinear_sample(h: Tensor, positions: Tensor) -> Tensor:
     """
     b, c, height, width = h.shape
     y, x = positions.unbind(dim=2)  # b k h w
-    y0, x0 = torch.floor(y), torch.floor(x)
-    fy, fx = y - y0, x - x0
     dtype = torch.promote_types(h.dtype, positions.dtype)
     nodes = rearrange(h.to(dtype), "b c h w -> b c (h w)")
     samples = nodes.new_zeros(b, c, math.prod(y.shape[1:]))
-    for dy, dx, corner_weight in (
-        (0, 0, (1 - fy) * (1 - fx)),
-        (0, 1, (1 - fy) * fx),
-        (1, 0, fy * (1 - fx)),
-        (1, 1, fy * fx),
-    ):
-        rows, cols = (y0 + dy).long(), (x0 + dx).long()
-        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-        index = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
+    indices, betas = bilinear_corners(y, x, height, width)
+    for index, beta in zip(indices, betas, strict=True):
         index = repeat(index, "b k h w -> b c (k h w)", c=c)
-        weight = rearrange(corner_weight * inside, "b k h w -> b 1 (k h w)")
+        weight = rearrange(beta, "b k h w -> b 1 (k h w)")
         samples = samples + weight * nodes.gather(2, index)
     k, out_height, out_width = y.shape[1:]  # named: einops cannot infer k of a 0-size map
     return rearrange(samples, "b c (k h w) -> b k c h w", k=k, h=out_height, w=out_width)

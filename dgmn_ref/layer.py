@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ __all__ = [
     "DGMN",
     "DynamicMessageCalculation",
     "MessageFusion",
+    "RateOptions",
     "RateState",
     "IMPLS",
     "FUSIONS",
@@ -32,7 +34,9 @@ FUSIONS = ("concat", "sum", "residual")
 
 
 def message_ops(impl: str) -> ModuleType:
-    """The module providing ``neighbourhood_conv`` and ``dynamic_message`` for ``impl``.
+    """The kernel namespace of ``impl``, where a DMC reads every equation it computes
+    (``predict_walks``, ``neighbourhood_conv``, ``split_filters_affinities``,
+    ``normalise_affinity``, ``dynamic_message``), chosen once per forward.
 
     ``"reference"`` is :mod:`dgmn_ref.functional` (einops, materialises the K sampled
     neighbours: easy to read); ``"fast"`` is :mod:`dgmn_ref.fast` (same signatures,
@@ -57,97 +61,146 @@ class RateState(NamedTuple):
     message: Tensor  # b c h w
 
 
-class DynamicMessageCalculation(nn.Module):
-    """Figure 3: the message of one sampling rate rho_q, with its switches.
+@dataclasses.dataclass(frozen=True)
+class RateOptions:
+    """The switches of one DMC (Figure 3); a :class:`DGMN` gives every rate the same ones.
 
+    * ``groups``: G, channel groups sharing one dynamic filter scalar per neighbour;
+      ``groups = 0``: no filter at all (weights = 1), Table 6's "G = 0".
+    * ``kernel_size``: ks, K = ks**2 neighbours per rate.
     * ``dynamic_sampling``: walks predicted by a ``ks x ks`` conv with dilation rho (eq. 4)
       and read with the bilinear sampler (eq. 5); off: uniform sampling (eq. 3).
     * ``dynamic_weights`` / ``dynamic_affinity``: filters and affinities predicted jointly
       by one ``ks x ks`` conv over the walked neighbourhood (eq. 6-7); off: static learned
       parameters (DGMN Base of sec. 3.2): affinity logits ``k`` and filters ``g k``.
-    * ``groups = 0``: no filter at all (weights = 1), Table 6's "G = 0".
+    * ``filter_norm``: ``"none"`` (paper, and the released configured layer) or
+      ``"softmax"`` over K (the released code's unconfigured ``Cat*`` classes and modes).
+    * ``affinity_norm``: ``"softmax"`` over K (paper eq. 7, and the released configured
+      layer) or ``"sigmoid"`` (the released code's unconfigured ``Cat*`` classes).
+    * ``walk_init``: ``"zero"`` (start from uniform sampling) or ``"default"`` (PyTorch's
+      init, as the released code).
+    * ``impl``: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
+    * ``bias``: biases on the walk conv and the predictor (eq. 4 and 6 have them); the
+      released code has none (``bias=False``).
+    * ``affinity_from_filters``: a bug of the released code, reproduced for fidelity and
+      off by default. ``ReDynamicWeightsCat33`` takes its 4th rate's affinity logits from
+      the *filter* logits (``att4 = dynamic_filter4[:, -9:, :, :]``, ``dynamic_weight.py``
+      line 721; also line 527 of ``ReDynamicWeightsCat11``): the last K of the G*K filter
+      channels (group G's filter logits) are normalised as the affinity, and the predictor's
+      K affinity outputs are computed but unused, so they get no gradient.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        rate: int,
-        groups: int = 4,
-        kernel_size: int = 3,
-        dynamic_affinity: bool = True,
-        dynamic_weights: bool = True,
-        dynamic_sampling: bool = True,
-        filter_norm: str = "none",
-        affinity_norm: str = "softmax",
-        walk_init: str = "zero",
-        impl: str = "reference",
-    ) -> None:
-        super().__init__()
-        self.rate = functional.check_rate(rate)
-        for name, switch in (
-            ("dynamic_affinity", dynamic_affinity),
-            ("dynamic_weights", dynamic_weights),
-            ("dynamic_sampling", dynamic_sampling),
-        ):
-            functional.check_switch(name, switch)
-        if walk_init not in ("zero", "default"):
-            raise ValueError(f"walk_init: expected 'zero' or 'default', got {walk_init!r}")
-        self.kernel_size = functional.check_kernel_size(kernel_size)
+    groups: int = 4
+    kernel_size: int = 3
+    dynamic_affinity: bool = True
+    dynamic_weights: bool = True
+    dynamic_sampling: bool = True
+    filter_norm: str = "none"
+    affinity_norm: str = "softmax"
+    walk_init: str = "zero"
+    impl: str = "reference"
+    bias: bool = True
+    affinity_from_filters: bool = False
+
+    def check(self, channels: int) -> RateOptions:
+        """Raise ``ValueError`` naming the bad value and what was expected."""
+        for name in ("dynamic_affinity", "dynamic_weights", "dynamic_sampling"):
+            functional.check_switch(name, getattr(self, name))
+        if self.walk_init not in ("zero", "default"):
+            raise ValueError(f"walk_init: expected 'zero' or 'default', got {self.walk_init!r}")
+        functional.check_kernel_size(self.kernel_size)
+        groups = self.groups
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 0:
             raise ValueError(f"groups: expected an int >= 0, got {groups!r}")
         if groups and channels % groups:
             raise ValueError(f"groups: expected a divisor of channels={channels}, got {groups}")
-        if groups == 0 and dynamic_weights:
+        if groups == 0 and self.dynamic_weights:
             raise ValueError(
                 "groups: G = 0 means no filters, which needs dynamic_weights=False "
                 "(Table 6, rows with G = 0)"
             )
-        if filter_norm not in ("none", "softmax"):
-            raise ValueError(f"filter_norm: expected 'none' or 'softmax', got {filter_norm!r}")
-        if affinity_norm not in ("softmax", "sigmoid"):
+        if self.filter_norm not in ("none", "softmax"):
+            raise ValueError(f"filter_norm: expected 'none' or 'softmax', got {self.filter_norm!r}")
+        if self.affinity_norm not in ("softmax", "sigmoid"):
             raise ValueError(
-                f"affinity_norm: expected 'softmax' or 'sigmoid', got {affinity_norm!r}"
+                f"affinity_norm: expected 'softmax' or 'sigmoid', got {self.affinity_norm!r}"
             )
-        message_ops(impl)
-        self.channels, self.groups, self.impl = channels, groups, impl
-        self.filter_norm, self.affinity_norm = filter_norm, affinity_norm
-        self.dynamic_affinity = dynamic_affinity
-        self.dynamic_weights = dynamic_weights
-        self.dynamic_sampling = dynamic_sampling
+        if self.affinity_from_filters and not (self.dynamic_weights and self.dynamic_affinity):
+            raise ValueError(
+                "affinity_from_filters: the released code's rate-4 affinity is read from the "
+                "dynamic filter logits, which needs dynamic_weights=True and "
+                f"dynamic_affinity=True, got dynamic_weights={self.dynamic_weights}, "
+                f"dynamic_affinity={self.dynamic_affinity}"
+            )
+        message_ops(self.impl)
+        return self
+
+
+class DynamicMessageCalculation(nn.Module):
+    """Figure 3: the message of one sampling rate rho_q, with the switches of
+    :class:`RateOptions`, given as keywords (``groups=4, dynamic_sampling=False, ...``).
+    """
+
+    def __init__(self, channels: int, rate: int, **options: Any) -> None:
+        super().__init__()
+        self.rate = functional.check_rate(rate)
+        self.options = o = RateOptions(**options).check(channels)
+        self.channels, self.groups, self.kernel_size = channels, o.groups, o.kernel_size
+        self.filter_norm, self.affinity_norm = o.filter_norm, o.affinity_norm
+        self.dynamic_affinity = dynamic_affinity = o.dynamic_affinity
+        self.dynamic_weights = dynamic_weights = o.dynamic_weights
+        self.dynamic_sampling = o.dynamic_sampling
+        self.affinity_from_filters = o.affinity_from_filters
+        groups, kernel_size, bias = o.groups, o.kernel_size, o.bias
         k = self.num_neighbours = kernel_size**2
         padding = rate * (kernel_size // 2)
 
         # eq. 4: walks start at zero, so training starts from uniform sampling (as DCN);
         # walk_init="default" keeps PyTorch's random init, as the released code does.
         self.walk_conv = None
-        if dynamic_sampling:
-            self.walk_conv = nn.Conv2d(channels, 2 * k, kernel_size, padding=padding, dilation=rate)
-            if walk_init == "zero":
+        if o.dynamic_sampling:
+            self.walk_conv = nn.Conv2d(
+                channels, 2 * k, kernel_size, padding=padding, dilation=rate, bias=bias
+            )
+            if o.walk_init == "zero":
                 nn.init.zeros_(self.walk_conv.weight)
-                nn.init.zeros_(self.walk_conv.bias)
+                if bias:
+                    nn.init.zeros_(self.walk_conv.bias)
 
         # eq. 6: one conv predicts G*K filters then K affinity logits. Initialised so that
-        # the layer starts as the uniform average (filters 1, affinities 1/K).
+        # the layer starts as the uniform average (filters 1, affinities 1/K); without
+        # biases the filters start near 0, so the message starts near 0.
         outputs = groups * k * dynamic_weights + k * dynamic_affinity
         self.predictor = None
         if outputs:
             self.predictor = nn.Conv2d(
-                channels, outputs, kernel_size, padding=padding, dilation=rate
+                channels, outputs, kernel_size, padding=padding, dilation=rate, bias=bias
             )
             nn.init.normal_(self.predictor.weight, std=1e-3)
-            nn.init.zeros_(self.predictor.bias)
-            if dynamic_weights:
-                nn.init.ones_(self.predictor.bias[: groups * k])
+            if bias:
+                nn.init.zeros_(self.predictor.bias)
+                if dynamic_weights:
+                    nn.init.ones_(self.predictor.bias[: groups * k])
         self.static_affinity = None if dynamic_affinity else nn.Parameter(torch.zeros(k))
         self.static_weights = None
         if groups and not dynamic_weights:
             self.static_weights = nn.Parameter(torch.ones(groups, k))
+
+    @property
+    def impl(self) -> str:
+        return self.options.impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        message_ops(impl)
+        self.options = dataclasses.replace(self.options, impl=impl)
 
     def extra_repr(self) -> str:
         return (
             f"rate={self.rate}, groups={self.groups}, kernel_size={self.kernel_size}, "
             f"DA={self.dynamic_affinity}, DW={self.dynamic_weights}, "
             f"DS={self.dynamic_sampling}, impl={self.impl!r}"
+            + (", affinity_from_filters=True" if self.affinity_from_filters else "")
         )
 
     def forward(self, h: Tensor) -> RateState:
@@ -155,9 +208,7 @@ class DynamicMessageCalculation(nn.Module):
         b, _, height, width = h.shape
         k = self.num_neighbours
         if self.walk_conv is not None:
-            walks = functional.predict_walks(
-                h, self.walk_conv.weight, self.walk_conv.bias, self.rate
-            )
+            walks = ops.predict_walks(h, self.walk_conv.weight, self.walk_conv.bias, self.rate)
         else:
             walks = h.new_zeros(b, k, 2, height, width)
 
@@ -166,9 +217,11 @@ class DynamicMessageCalculation(nn.Module):
             prediction = ops.neighbourhood_conv(
                 h, walks, self.rate, self.predictor.weight, self.predictor.bias
             )
-            filters, logits = functional.split_filters_affinities(
+            filters, logits = ops.split_filters_affinities(
                 prediction, self.groups if self.dynamic_weights else 0, k
             )
+            if self.affinity_from_filters:  # dynamic_weight.py:721, the released bug
+                logits = filters[:, -1]  # group G's filter logits, "b k h w"
         if logits is None:
             logits = repeat(self.static_affinity, "k -> b k h w", b=b, h=height, w=width)
         if filters is None:
@@ -176,10 +229,10 @@ class DynamicMessageCalculation(nn.Module):
             filters = repeat(static, "g k -> b g k h w", b=b, h=height, w=width)
 
         if self.affinity_norm == "softmax":
-            affinity = functional.normalise_affinity(logits)
-        else:  # the released code's per-neighbour sigmoid attention
+            affinity = ops.normalise_affinity(logits)
+        else:  # per-neighbour sigmoid: the released Cat* classes (not the configured one)
             affinity = logits.sigmoid()
-        if self.filter_norm == "softmax":  # the released code normalises filters over k
+        if self.filter_norm == "softmax":  # the released Cat* classes and modes, over k
             filters = filters.softmax(dim=2)
 
         message = ops.dynamic_message(h, walks, affinity, filters, self.rate)
@@ -263,15 +316,23 @@ class DGMN(nn.Module):
     Args:
         channels: C, the feature channels (512 in the paper).
         rates: the sampling rates phi = {rho_q} (S = len(rates)).
-        groups: G, channel groups sharing one dynamic filter scalar per neighbour.
-        kernel_size: ks, K = ks**2 neighbours per rate.
-        dynamic_affinity, dynamic_weights, dynamic_sampling: the DA / DW / DS switches.
         fusion: ``"concat"`` (default, reproduces Table 1a), ``"sum"`` (eq. 2-3 literally)
             or ``"residual"`` (the released code), see :class:`MessageFusion`.
-        filter_norm: ``"none"`` (paper) or ``"softmax"`` over K (released code).
-        affinity_norm: ``"softmax"`` over K (paper, eq. 7) or ``"sigmoid"`` (released code).
-        walk_init: ``"zero"`` (start from uniform sampling) or ``"default"`` (released code).
-        impl: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
+        **options: the switches of every rate, :class:`RateOptions`: ``groups`` (G),
+            ``kernel_size`` (ks), ``dynamic_affinity`` / ``dynamic_weights`` /
+            ``dynamic_sampling`` (DA / DW / DS), ``filter_norm``, ``affinity_norm``,
+            ``walk_init``, ``impl`` (``"reference"`` or ``"fast"``), ``bias``.
+        released_att4_bug: reproduce a bug of the released code (off by default): the 4th
+            rate takes its affinity from its filter logits (``dynamic_weight.py`` line 721),
+            see :class:`DynamicMessageCalculation`. Needs at least 4 rates.
+
+    The authors' released layer (``ReDynamicWeightsCat33``, ``deform="deformatt"``, as
+    their COCO configs build it) is ``DGMN(C, **variant_kwargs("released"))``: rates
+    (1, 4, 8, 12), G = 4, ``filter_norm="none"``, ``affinity_norm="softmax"``,
+    ``fusion="residual"``, ``bias=False``, ``walk_init="default"``; add
+    ``released_att4_bug=True`` to run a model trained with the released code as it ran
+    there (``tests/test_released.py`` checks both against a transcription of its forward;
+    :mod:`dgmn_ref.released` loads its weights).
 
     Example:
         >>> layer = DGMN(16, rates=(1, 2), groups=4)
@@ -283,16 +344,9 @@ class DGMN(nn.Module):
         self,
         channels: int,
         rates: Sequence[int] = (1, 6, 12, 24, 36),
-        groups: int = 4,
-        kernel_size: int = 3,
-        dynamic_affinity: bool = True,
-        dynamic_weights: bool = True,
-        dynamic_sampling: bool = True,
         fusion: str = "concat",
-        filter_norm: str = "none",
-        affinity_norm: str = "softmax",
-        walk_init: str = "zero",
-        impl: str = "reference",
+        released_att4_bug: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -300,32 +354,32 @@ class DGMN(nn.Module):
         rates = tuple(rates)
         if not rates:
             raise ValueError("rates: expected at least one sampling rate, got ()")
+        if released_att4_bug and len(rates) < 4:
+            raise ValueError(
+                "released_att4_bug: the released code's bug is in its 4th rate, expected at "
+                f"least 4 rates, got rates={rates}"
+            )
+        if "affinity_from_filters" in options:
+            raise ValueError("affinity_from_filters: a per-rate switch; use released_att4_bug")
         self.channels, self.rates = channels, rates
+        self.options = RateOptions(**options).check(channels)
+        shared = dataclasses.asdict(self.options)
         self.rate_messages = nn.ModuleList(
             DynamicMessageCalculation(
-                channels,
-                rate,
-                groups=groups,
-                kernel_size=kernel_size,
-                dynamic_affinity=dynamic_affinity,
-                dynamic_weights=dynamic_weights,
-                dynamic_sampling=dynamic_sampling,
-                filter_norm=filter_norm,
-                affinity_norm=affinity_norm,
-                walk_init=walk_init,
-                impl=impl,
+                channels, rate, **shared | {"affinity_from_filters": released_att4_bug and q == 3}
             )
-            for rate in rates
+            for q, rate in enumerate(rates)
         )
         self.fusion = MessageFusion(channels, len(rates), fusion)
 
     @property
     def impl(self) -> str:
-        return self.rate_messages[0].impl
+        return self.options.impl
 
     def set_impl(self, impl: str) -> DGMN:
         """Switch every rate between the reference and the fast path (same parameters)."""
         message_ops(impl)
+        self.options = dataclasses.replace(self.options, impl=impl)
         for dmc in self.rate_messages:
             dmc.impl = impl
         return self

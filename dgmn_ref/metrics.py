@@ -161,12 +161,15 @@ class SegmentationMeter:
 
 
 # ---------------------------------------------------------------------------- COCO detection
+# For the planned detection head (Table 2's Mask R-CNN): tested against pycocotools on real
+# annotations, not yet used by a model of this package.
 
 
 def detections_to_coco(
     predictions: Sequence[dict], label_to_cat: dict[int, int], mask_threshold: float = 0.5
 ) -> list[dict]:
-    """Model outputs -> COCO result dicts (``bbox`` xywh, ``segmentation`` RLE, ``score``).
+    """Model outputs -> COCO result dicts (``bbox`` xywh, ``segmentation`` RLE, ``score``),
+    for the planned detection head.
 
     Args:
         predictions: one dict per image: ``image_id``, ``boxes (n 4)`` xyxy, ``scores (n,)``,
@@ -209,7 +212,8 @@ def coco_evaluate(
     image_ids: Sequence[int] | None = None,
     verbose: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Run pycocotools' ``COCOeval`` and return ``{iou_type: {"AP": .., "AP50": .., ...}}``.
+    """Run pycocotools' ``COCOeval`` and return ``{iou_type: {"AP": .., "AP50": .., ...}}``
+    (for the planned detection head).
 
     Args:
         coco_gt: a ``pycocotools.coco.COCO`` or the path of an ``instances_*.json``.

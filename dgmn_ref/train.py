@@ -5,29 +5,8 @@ use (``from dgmn_ref.train import TrainConfig, train, ...``) and runs ``dgmn-ref
 when executed, which is what ``torchrun -m dgmn_ref.train`` needs.
 """
 
-from dgmn_ref.training import (
-    TrainConfig,
-    atomic_save,
-    build_dataset,
-    build_model,
-    evaluate,
-    load_run,
-    poly_lr,
-    seed_everything,
-    train,
-)
-
-__all__ = [
-    "TrainConfig",
-    "atomic_save",
-    "build_dataset",
-    "build_model",
-    "evaluate",
-    "load_run",
-    "poly_lr",
-    "seed_everything",
-    "train",
-]
+from dgmn_ref.training import *  # noqa: F403
+from dgmn_ref.training import __all__  # noqa: F401
 
 if __name__ == "__main__":
     from dgmn_ref.cli import train_main

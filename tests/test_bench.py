@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dgmn_ref.cli import bench_main
-from dgmn_ref.tools import bench
+from dgmn_ref.tools import bench, bench_report
 
 
 @pytest.mark.parametrize("case", bench.CASES)
@@ -33,8 +33,8 @@ def test_run_case_reports_times_and_peak():
 def test_fit_exponent_recovers_a_power_law():
     sizes = [16, 32, 64]
     times = [3e-3 * (s * s) ** 1.5 for s in sizes]
-    assert bench.fit_exponent(list(zip(sizes, times, strict=True))) == pytest.approx(1.5)
-    assert bench.fit_exponent([(16, 1.0)]) is None
+    assert bench_report.fit_exponent(list(zip(sizes, times, strict=True))) == pytest.approx(1.5)
+    assert bench_report.fit_exponent([(16, 1.0)]) is None
 
 
 def test_goals_are_ratios_from_the_same_run():
@@ -49,7 +49,7 @@ def test_goals_are_ratios_from_the_same_run():
         row("nonlocal", 97, 3.5, 1200),
         row("nonlocal", 48, 3.5 * (48 / 97) ** 4, 100),
     ]
-    goals = {g["goal"]: g for g in bench.goals(results, size=97, large=193)}
+    goals = {g["goal"]: g for g in bench_report.goals(results, size=97, large=193)}
     speed_up = goals["fast messages speed-up over reference (fwd+bwd)"]
     assert speed_up["value"] == pytest.approx(12.0) and speed_up["met"]
     memory = goals["fast messages peak memory / reference"]
@@ -57,6 +57,7 @@ def test_goals_are_ratios_from_the_same_run():
     assert goals["time exponent in N, Non-local (for comparison)"]["value"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_table_and_json_with_machine_information(tmp_path, capsys):
     out = tmp_path / "results.json"
     argv = ["--cases", "floor", "--sizes", "8", "12", "--channels", "8"]

@@ -1,10 +1,17 @@
-"""notebooks/08_explore_walks.ipynb as a person uses it: JupyterLab in headless Chromium.
+"""The walk explorer as a person uses it, in headless Chromium: notebook 08 in JupyterLab,
+and the self-contained page of ``dgmn-ref explore-export`` opened from ``file://``.
+
+The notebook (``test_explorer_in_jupyterlab``):
 
 Starts JupyterLab on 127.0.0.1 (token, free port, HOME and JUPYTER_* in a temporary folder,
 root_dir = a temporary copy of notebooks/ so nothing committed is modified), opens the
 notebook, runs all cells from the Run menu, moves the explorer's "node column x" slider and
 checks that the explorer's figure changed, then unticks "uniform positions" and checks again.
 Screenshots are written to ``artifacts/browser/`` (ignored by git) and their paths printed.
+
+The page (``test_explorer_page``): exported from the committed checkpoint into a temporary
+folder, opened with no server, two pixels clicked on two different pictures; the selected
+node, the red marker and the drawn neighbours must follow each click.
 
 Skips, with the reason, when /usr/bin/chromium, playwright or jupyterlab is missing
 (``.ci/run`` installs Debian's chromium). Never downloads a browser.
@@ -49,14 +56,22 @@ OUTPUT = f"{EXPLORER} .widget-output"  # holds the figure, replaced on every cha
 MIN_CHANGE = 0.002  # fraction of the figure's pixels that must change
 
 
-def requirements() -> str | None:
-    """Why the test cannot run here, or None."""
+def browser_requirements() -> str | None:
+    """Why no headless Chromium can be driven here, or None."""
     if not CHROMIUM.is_file():
         return f"{CHROMIUM} not found (install Debian's chromium: apt-get install -y chromium)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as error:
         return f"the playwright Python package is missing ({error})"
+    return None
+
+
+def requirements() -> str | None:
+    """Why the JupyterLab test cannot run here, or None."""
+    reason = browser_requirements()
+    if reason:
+        return reason
     if shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)) is None:
         return f"jupyter-lab not found beside {sys.executable} (pip install jupyterlab)"
     return None
@@ -236,3 +251,113 @@ def test_explorer_in_jupyterlab(tmp_path):
             pass
         log.close()
     assert time.monotonic() - started < 120, "the browser test must finish within 2 minutes"
+
+
+def canvas_pixel(page, canvas: str, y: float, x: float) -> list[int]:
+    """RGBA of one pixel of a canvas, read in the page."""
+    return page.evaluate(
+        "([id, y, x]) => Array.from(document.getElementById(id).getContext('2d')"
+        ".getImageData(Math.round(x), Math.round(y), 1, 1).data)",
+        [canvas, y, x],
+    )
+
+
+def canvas_bytes(page, canvas: str) -> bytes:
+    """A PNG screenshot of one canvas, for :func:`changed_fraction`."""
+    return page.locator(f"#{canvas}").screenshot()
+
+
+def click_node(page, canvas: str, node: tuple[int, int], size: tuple[int, int]) -> None:
+    """Click the centre of the image block that feature pixel ``node`` covers."""
+    box = page.locator(f"#{canvas}").bounding_box()
+    page.locator(f"#{canvas}").click(
+        position={
+            "x": (node[1] + 0.5) * box["width"] / size[1],
+            "y": (node[0] + 0.5) * box["height"] / size[0],
+        }
+    )
+
+
+def test_explorer_page(tmp_path):
+    """The page with no Python: click two pixels, the drawn neighbourhood follows."""
+    reason = browser_requirements()
+    if reason:
+        pytest.skip(reason)
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    from dgmn_ref import cli
+    from dgmn_ref.figures import explore, viz
+
+    started = time.monotonic()
+    checkpoint = REPO / "notebooks" / "checkpoints" / "08_explore_walks"
+    page_file = tmp_path / "explorer.html"
+    assert cli.main(["explore-export", str(checkpoint), "--out", str(page_file)]) == 0
+    print(f"export: {time.monotonic() - started:.1f} s")
+    size_mb = page_file.stat().st_size / 1e6
+    assert size_mb <= 5.0, f"the page is {size_mb:.2f} MB for four frames; expected <= 5 MB"
+    # What the page must draw, from Python: the walked positions of the clicked nodes.
+    model, cfg = explore.load_model(checkpoint)
+    frames = explore.load_frames(cfg)
+    data = viz.extract_from_model(model, frames.images)["context"]
+    torch.set_num_threads(1)
+    size = data.size
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clicks = [("neighbours", 0, (9, 3)), ("sources", 2, (3, 20))]  # (canvas, frame, node)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(page_file.as_uri())
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            previous, previous_node = canvas_bytes(page, "neighbours"), None
+            for canvas, frame, node in clicks:
+                page.select_option("#frame", str(frame))
+                click_node(page, canvas, node, size)
+                body = page.locator("body")
+                assert body.get_attribute("data-node") == f"{node[0]},{node[1]}", (
+                    f"clicked node {node} on {canvas}, the page selected "
+                    f"{body.get_attribute('data-node')}"
+                )
+                assert page.locator("#node").inner_text() == f"(y={node[0]}, x={node[1]})"
+                # The red receiving-node marker sits at the click on every picture.
+                for view in ("neighbours", "sources", "lengths"):
+                    width = page.evaluate(f"document.getElementById('{view}').width")
+                    zoom = width / frames.pictures.shape[2]
+                    cy = (node[0] + 0.5) * frames.pictures.shape[1] / size[0] * zoom
+                    cx = (node[1] + 0.5) * frames.pictures.shape[2] / size[1] * zoom
+                    red = canvas_pixel(page, view, cy, cx)
+                    assert red[:3] == [255, 0, 0], f"{view}: no red node marker at {node}: {red}"
+                # The neighbours drawn are this node's walked positions (to the quantisation).
+                drawn = page.evaluate("window.dgmnExplorer.drawn")
+                assert [n["rate"] for n in drawn] == list(data.rates)
+                for s, n in enumerate(drawn):
+                    expected = data.walked[s, frame, :, :, node[0], node[1]].double().numpy()
+                    assert np.abs(np.asarray(n["walked"]) - expected).max() < 0.01
+                sources = dict(page.evaluate("window.dgmnExplorer.sources"))
+                heat = viz.message_sources(data, node, frame).double().numpy().ravel()
+                strongest = int(np.abs(heat).argmax())
+                assert abs(sources[strongest] - heat[strongest]) < 0.02 * np.abs(heat).max()
+                now = canvas_bytes(page, "neighbours")
+                changed = changed_fraction(previous, now)
+                assert changed > MIN_CHANGE, (
+                    f"clicking {node} after {previous_node} drew nothing new"
+                )
+                previous, previous_node = now, node
+                page.screenshot(path=str(ARTIFACTS / f"page-{node[0]}-{node[1]}.png"))
+            # Toggles: rate 12 off, then the uniform positions off.
+            page.locator("input.rate[data-s='3']").uncheck()
+            assert [n["rate"] for n in page.evaluate("window.dgmnExplorer.drawn")] == [1, 3, 6]
+            page.locator("#uniform").uncheck()
+            assert changed_fraction(previous, canvas_bytes(page, "neighbours")) > MIN_CHANGE
+            page.screenshot(path=str(ARTIFACTS / "page-toggles.png"))
+            assert not errors, f"JavaScript errors: {errors}"
+            assert all(url.startswith(("file:", "data:")) for url in requests), requests
+        finally:
+            browser.close()
+    print(f"explorer page {size_mb:.2f} MB; browser part {time.monotonic() - started:.1f} s")
+    assert time.monotonic() - started < 120, "the page test must finish within 2 minutes"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from voc_coco import VOC_FILE_NAME, load_voc_example, make_voc_coco_fixture
 
 from dgmn_ref.data.coco import CocoDetection, CocoSemantic, collate_detection
-from dgmn_ref.data.fixtures import VOC_FILE_NAME, load_voc_example, make_voc_coco_fixture
 from dgmn_ref.data.labels import COCO_NAME_TO_ID
 from dgmn_ref.data.synthetic import make_synthetic_coco
 from dgmn_ref.data.transforms import TrainTransform

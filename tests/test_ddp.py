@@ -10,14 +10,13 @@ pixels in both cases (see :func:`dgmn_ref.train.train`), hence equal gradients.
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dgmn_ref.data.synthetic import make_synthetic_cityscapes
 from dgmn_ref.train import TrainConfig, train
 
 WORLD = 2
@@ -37,28 +36,20 @@ def _worker(rank: int, root: str, out: str, port: int) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
     )  # fmt: skip
-    torch.set_num_threads(1)
-    result = train(_config(root, out))
+    torch.set_num_threads(1)  # a spawned process of its own: nothing to restore
+    losses = []
+    result = train(_config(root, out), callback=lambda i, v: losses.append(v["loss"]))
     torch.save(result["model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"rank{rank}_losses.json"), "w") as f:
+        json.dump(losses, f)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic_cityscapes"
-    return make_synthetic_cityscapes(root, n_train=8, n_val=2, size=(48, 96), seed=0)
-
-
-def test_ddp_matches_single_process(synthetic_root, tmp_path):
+@pytest.mark.slow
+def test_ddp_matches_single_process(synthetic_root, tmp_path, free_port, one_thread):
     ddp_out = tmp_path / "ddp"
     ddp_out.mkdir()
     mp.start_processes(
-        _worker, args=(str(synthetic_root), str(ddp_out), _free_port()), nprocs=WORLD,
+        _worker, args=(str(synthetic_root), str(ddp_out), free_port()), nprocs=WORLD,
         start_method="spawn",
     )  # fmt: skip
     rank0 = torch.load(ddp_out / "rank0.pt", weights_only=True)
@@ -70,14 +61,23 @@ def test_ddp_matches_single_process(synthetic_root, tmp_path):
     state = torch.load(ddp_out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == WORLD and len(state["rng"]) == WORLD
 
-    torch.set_num_threads(1)
-    single = train(_config(synthetic_root, tmp_path / "single"))["model"].state_dict()
+    single_run = train(_config(synthetic_root, tmp_path / "single"))
+    single = single_run["model"].state_dict()
     initial = _initial_weights(synthetic_root, tmp_path)
     moved = 0
     for k, v in single.items():
         torch.testing.assert_close(rank0[k], v, rtol=1e-4, atol=1e-5, msg=k)
         moved += not torch.equal(v, initial[k])
     assert moved > 10  # the two steps changed the weights
+
+    # callbacks (on every process) and the log see the loss of the global batch: the mean
+    # over the processes, which is the single process's loss, not one process's share
+    want = [record["loss"] for record in single_run["history"]]
+    logged = [json.loads(line)["loss"] for line in (ddp_out / "log.jsonl").read_text().splitlines()]
+    for rank in range(WORLD):
+        seen = json.loads((ddp_out / f"rank{rank}_losses.json").read_text())
+        assert seen == pytest.approx(want, rel=1e-4), (rank, seen, want)
+    assert logged == pytest.approx(want, rel=1e-4)
 
 
 def _initial_weights(root, tmp_path) -> dict[str, torch.Tensor]:

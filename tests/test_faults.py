@@ -22,19 +22,18 @@ import torch
 from PIL import Image
 
 from dgmn_ref import fast, functional
-from dgmn_ref.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    nonfinite_tensors,
-    save_checkpoint,
-    state_digest,
-    write_error,
-)
 from dgmn_ref.data.check import DataError, check_data, coco_class_names, require_valid_data
 from dgmn_ref.data.check import main as check_data_main
 from dgmn_ref.data.synthetic import make_synthetic_cityscapes, make_synthetic_coco
 from dgmn_ref.layer import DGMN
 from dgmn_ref.runlock import LOCK, RunLock, RunLockedError, pid_alive, remove_stale_tmp
+from dgmn_ref.training.checkpoint import atomic_save, load_run
+from dgmn_ref.training.integrity import (
+    CheckpointError,
+    nonfinite_tensors,
+    state_digest,
+    write_error,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,8 +127,8 @@ def small_state(seed: int = 0) -> dict:
 
 
 def test_checkpoint_records_hash_and_threads_and_round_trips(tmp_path):
-    path = save_checkpoint(small_state(), tmp_path / "checkpoint.pt")
-    state = load_checkpoint(path, threads=torch.get_num_threads())
+    path = atomic_save(small_state(), tmp_path / "checkpoint.pt")
+    state = load_run(path, threads=torch.get_num_threads())
     assert state["integrity"]["torch_threads"] == torch.get_num_threads()
     assert state["integrity"]["sha256"] == state_digest(small_state())
     assert torch.equal(state["model"]["w"], small_state()["model"]["w"])
@@ -137,10 +136,10 @@ def test_checkpoint_records_hash_and_threads_and_round_trips(tmp_path):
 
 
 def test_checkpoint_thread_count_mismatch_is_refused(tmp_path):
-    path = save_checkpoint(small_state(), tmp_path / "checkpoint.pt")
+    path = atomic_save(small_state(), tmp_path / "checkpoint.pt")
     other = torch.get_num_threads() + 1
     with pytest.raises(CheckpointError, match=f"{path}.*{torch.get_num_threads()} torch threads"):
-        load_checkpoint(path, threads=other)
+        load_run(path, threads=other)
 
 
 @pytest.mark.parametrize(
@@ -154,47 +153,47 @@ def test_checkpoint_thread_count_mismatch_is_refused(tmp_path):
     ids=["zero-byte", "text", "truncated-half", "truncated-tail"],
 )
 def test_damaged_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage, message):
-    path = save_checkpoint(small_state(), tmp_path / "checkpoint.pt")
+    path = atomic_save(small_state(), tmp_path / "checkpoint.pt")
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(CheckpointError, match=message) as err:
-        load_checkpoint(path)
+        load_run(path)
     assert str(path) in str(err.value)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_hundred_flipped_bytes_are_detected(tmp_path, seed):
     """The audit flipped 100 bytes of a checkpoint and evaluate scored it anyway."""
-    path = save_checkpoint(small_state(), tmp_path / "checkpoint.pt")
+    path = atomic_save(small_state(), tmp_path / "checkpoint.pt")
     data = bytearray(path.read_bytes())
     rng = np.random.default_rng(seed)
     for i in rng.choice(len(data), size=100, replace=False):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=str(path)):
-        load_checkpoint(path)
+        load_run(path)
 
 
 def test_one_flipped_weight_byte_is_detected(tmp_path):
     state = small_state()
-    path = save_checkpoint(state, tmp_path / "checkpoint.pt")
+    path = atomic_save(state, tmp_path / "checkpoint.pt")
     data = bytearray(path.read_bytes())
     needle = state["model"]["w"].numpy().tobytes()[:16]
     at = bytes(data).index(needle)  # inside the stored tensor: only the hash can tell
     data[at + 3] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="content hash does not match"):
-        load_checkpoint(path)
+        load_run(path)
 
 
 def test_checkpoint_without_record_loads_with_a_warning(tmp_path):
     path = tmp_path / "old.pt"
     torch.save(small_state(), path)
     with pytest.warns(UserWarning, match="no integrity record"):
-        assert load_checkpoint(path)["iteration"] == 3
+        assert load_run(path)["iteration"] == 3
 
 
 def test_failed_save_keeps_the_good_checkpoint(tmp_path, monkeypatch):
-    path = save_checkpoint(small_state(0), tmp_path / "checkpoint.pt")
+    path = atomic_save(small_state(0), tmp_path / "checkpoint.pt")
     good = path.read_bytes()
 
     def full_disk(obj, f, *args, **kwargs):
@@ -203,9 +202,9 @@ def test_failed_save_keeps_the_good_checkpoint(tmp_path, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr("dgmn_ref.checkpoint.shutil.disk_usage", lambda folder: _Usage(0))
+    monkeypatch.setattr("dgmn_ref.training.integrity.shutil.disk_usage", lambda folder: _Usage(0))
     with pytest.raises(OSError, match="no space left on device writing .*checkpoint.pt") as err:
-        save_checkpoint(small_state(1), path)
+        atomic_save(small_state(1), path)
     assert "free disk space" in str(err.value) and str(tmp_path) in str(err.value)
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["checkpoint.pt"]
 
@@ -228,7 +227,7 @@ def test_unwritable_folder_message_names_the_path(tmp_path):
     assert f"{tmp_path} is not writable" in str(err)
     missing = tmp_path / "no" / "such" / "checkpoint.pt"
     with pytest.raises(OSError, match=f"could not write .*{missing.parent}"):
-        save_checkpoint(small_state(), missing)
+        atomic_save(small_state(), missing)
 
 
 def test_nonfinite_tensors_are_named():
@@ -237,28 +236,6 @@ def test_nonfinite_tensors_are_named():
     state["model"]["w"][0, 0] = float("nan")
     state["model"]["b"][1] = float("inf")
     assert nonfinite_tensors(state) == ["model.b", "model.w"]
-
-
-def test_kill_during_checkpoint_write_keeps_the_good_one(tmp_path):
-    """SIGKILL between writing the temporary file and the rename (DGMN_SAVE_DELAY)."""
-    path = save_checkpoint(small_state(0), tmp_path / "checkpoint.pt")
-    good = path.read_bytes()
-    child = python(
-        f"""
-        import torch
-        from dgmn_ref.checkpoint import save_checkpoint
-        save_checkpoint({{"model": {{"w": torch.ones(64, 64)}}}}, {str(path)!r})
-        """,
-        DGMN_SAVE_DELAY="60",
-    )
-    tmp = tmp_path / f".checkpoint.pt.tmp-{child.pid}"
-    wait_for(lambda: tmp.is_file() and tmp.stat().st_size > 0 or child.poll() is not None)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait() == -signal.SIGKILL
-    assert path.read_bytes() == good and tmp.exists()
-    assert load_checkpoint(path)["iteration"] == 3
-    assert remove_stale_tmp(tmp_path) == [tmp]
-    assert os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
 # ------------------------------------------------------------- lock and stale files
@@ -512,3 +489,301 @@ def test_killed_make_data_tmp_folder_is_removed_by_the_next_run(tmp_path):
     assert left.name.startswith(f".synthetic_cityscapes.tmp-{child.pid}-")
     make_synthetic_cityscapes(tmp_path / "synthetic_cityscapes", 1, 1, size=(24, 48))
     assert os.listdir(tmp_path) == ["synthetic_cityscapes"]
+
+
+# ---------------------------------------------------- training and evaluation (the CLI)
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "synthetic_cityscapes"
+    return make_synthetic_cityscapes(root, n_train=6, n_val=2, size=(48, 96), seed=0)
+
+
+def tiny_argv(root, out, *extra) -> list[str]:
+    """``dgmn-ref train`` flags of a model that runs a step in well under a second."""
+    return [
+        "--dataset", "synthetic", "--root", str(root), "--out", str(out), "--depth", "18",
+        "--width", "4", "--head-channels", "8", "--context", "none", "--iterations", "1",
+        "--batch-size", "2", "--crop-size", "32", "48", "--scale-range", "0.75", "1.25",
+        "--num-workers", "0", "--checkpoint-every", "1", "--log-every", "1", "--no-progress",
+        "--train-subset", "5", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(train_root, tmp_path_factory):
+    """A run of one iteration, copied by :func:`run_copy` for each test."""
+    from dgmn_ref.cli import train_main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert train_main(tiny_argv(train_root, out)) == 0
+    return out
+
+
+def run_copy(trained, tmp_path):
+    import shutil
+
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+@pytest.mark.parametrize(
+    "settings, flags, message",
+    [
+        ({"freeze_bn": "false"}, [], "freeze_bn: expected bool, got 'false' (str)"),
+        ({"seed": "1"}, [], "seed: expected int, got '1' (str)"),
+        ({"lr": "0.05"}, [], "lr: expected float, got '0.05' (str)"),
+        ({"iteration": 5}, [], "unknown config key 'iteration'; did you mean 'iterations'?"),
+        ({"frezze_bn": True}, [], "did you mean 'freeze_bn'?"),
+        ({}, ["--scale-range", "0", "0"], "scale_range: expected [lo, hi], finite, 0 < lo <= hi"),
+        ({}, ["--train-subset", "-1"], "train_subset: expected an int >= 1"),
+        ({}, ["--train-subset", "0"], "train_subset: expected an int >= 1"),
+        ({}, ["--log-every", "0"], "log_every: expected an int >= 1, got 0"),
+        ({}, ["--lr", "inf"], "lr: expected a finite number > 0, got inf"),  # the audit's NaN run
+        ({}, ["--lr", "nan"], "lr: expected a finite number > 0, got nan"),
+        ({}, ["--momentum", "1.5"], "momentum: expected a number in [0, 1]"),
+        ({}, ["--crop-size", "0", "0"], "crop_size: expected [h, w], ints >= 8"),
+        ({}, ["--device", "gpu"], "device: expected auto, cpu, mps, cuda or cuda:N"),
+        ({}, ["--pretrained", "/no/weights.pth"], "pretrained: no weights file"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(
+    train_root, tmp_path, capsys, settings, flags, message
+):
+    from dgmn_ref.cli import train_main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(settings))
+    out = tmp_path / "run"
+    assert train_main(tiny_argv(train_root, out, "--config", str(config), *flags)) == 2
+    assert message in capsys.readouterr().err
+    assert files(out) == {}  # no config.json: the corrected re-run is not refused
+
+
+def test_malformed_config_file_is_named(tmp_path, capsys):
+    from dgmn_ref.cli import train_main
+
+    config = tmp_path / "bad.json"
+    config.write_text('{"lr": 0.01,}')
+    assert train_main(["--config", str(config)]) == 2
+    assert f"config file {config}: malformed JSON" in capsys.readouterr().err
+
+
+def test_resume_with_overwrite_is_an_error(train_root, trained, tmp_path, capsys):
+    from dgmn_ref.cli import train_main
+
+    out = run_copy(trained, tmp_path)
+    before = files(out)
+    assert train_main(tiny_argv(train_root, out, "--resume", "--overwrite")) == 2
+    assert "--resume and --overwrite contradict each other" in capsys.readouterr().err
+    assert files(out) == before
+
+
+def test_nonfinite_step_never_replaces_the_good_checkpoint(train_root, tmp_path, capsys):
+    """The audit's ``--lr inf`` run saved 88 non-finite tensors; a huge finite lr now
+    stops at the first check with the last good checkpoint intact (and kept beside)."""
+    from dgmn_ref.cli import evaluate_main, train_main
+
+    out = tmp_path / "run"
+    argv = tiny_argv(train_root, out, "--iterations", "3", "--lr", "1e30")
+    assert train_main([*argv, "--keep-previous"]) == 1
+    err = capsys.readouterr().err
+    assert "training stopped at iteration 2: NaN or infinity in the loss at iteration 2" in err
+    assert f"the last good checkpoint, {out / 'checkpoint.pt'} (iteration 1), is intact" in err
+    state = load_run(out)  # verified: hash, and finite
+    assert state["iteration"] == 1 and nonfinite_tensors(state["model"]) == []
+    assert [json.loads(line)["iteration"] for line in (out / "log.jsonl").open()] == [1]
+    assert not (out / "run.lock").exists() and not list(out.glob(".*tmp*"))
+    assert evaluate_main([str(out), "--subset", "1"]) == 0  # the good one still evaluates
+
+
+def test_keep_previous_keeps_the_checkpoint_before_the_newest(train_root, tmp_path):
+    from dgmn_ref.cli import train_main
+
+    out = tmp_path / "run"
+    assert train_main(tiny_argv(train_root, out, "--iterations", "2", "--keep-previous")) == 0
+    assert load_run(out)["iteration"] == 2
+    assert load_run(out / "checkpoint_previous.pt")["iteration"] == 1
+
+
+def test_evaluate_refuses_a_nonfinite_model(train_root, trained, tmp_path, capsys):
+    from dgmn_ref.cli import evaluate_main, train_main
+
+    out = run_copy(trained, tmp_path)
+    state = load_run(out)
+    state["model"]["classifier.weight"][0] = float("nan")
+    atomic_save({k: v for k, v in state.items() if k != "integrity"}, out / "checkpoint.pt")
+    assert evaluate_main([str(out)]) == 2
+    assert (
+        "the model holds NaN or infinity in 1 tensors (classifier.weight" in capsys.readouterr().err
+    )
+    assert not (out / "eval_val.json").exists()
+    assert train_main(tiny_argv(train_root, out, "--resume")) == 2
+    assert "holds non-finite weights" in capsys.readouterr().err
+
+
+def test_damaged_checkpoints_are_refused_by_evaluate_and_resume(
+    train_root, trained, tmp_path, capsys
+):
+    """The audit's 100 flipped bytes (mIoU 1.84 instead of 11.73), zero-byte, text files."""
+    from dgmn_ref.cli import evaluate_main, train_main
+
+    out = run_copy(trained, tmp_path)
+    path = out / "checkpoint.pt"
+    good = path.read_bytes()
+    flipped = bytearray(good)
+    for i in np.random.default_rng(0).choice(len(good), size=100, replace=False):
+        flipped[i] ^= 0xFF
+    for damaged in (bytes(flipped), b"", b"not a checkpoint\n", good[: len(good) // 3]):
+        path.write_bytes(damaged)
+        assert evaluate_main([str(out), "--subset", "1"]) == 2
+        assert f"checkpoint {path}" in capsys.readouterr().err
+        assert train_main(tiny_argv(train_root, out, "--resume")) == 2
+        assert f"checkpoint {path}" in capsys.readouterr().err
+        assert path.read_bytes() == damaged  # nothing trained on or saved over it
+
+
+def test_resume_at_another_thread_count_is_refused(train_root, trained, tmp_path, capsys):
+    from dgmn_ref.cli import train_main
+
+    out = run_copy(trained, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert train_main(tiny_argv(train_root, out, "--resume")) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert f"written with {threads} torch threads but this process runs {threads + 1}" in (
+        capsys.readouterr().err
+    )
+
+
+def test_second_writer_of_a_run_is_refused(train_root, trained, tmp_path, capsys):
+    """The audit's second ``--resume`` beside a running training (136 log lines for 80)."""
+    from dgmn_ref.cli import train_main
+
+    out = run_copy(trained, tmp_path)
+    before = files(out)
+    with RunLock(out):  # a training in progress holds it
+        assert train_main(tiny_argv(train_root, out, "--resume")) == 2
+        assert f"{out} is being written by another run (pid {os.getpid()}" in (
+            capsys.readouterr().err
+        )
+        assert train_main(tiny_argv(train_root, out, "--overwrite")) == 2
+    assert files(out) == before
+
+
+def test_kill_during_checkpoint_write_then_resume(train_root, tmp_path):
+    """kill -9 mid-save: the good checkpoint survives; the next run removes the stale
+    temporary file, takes over the dead lock, truncates the log, and ends bit-identical."""
+    from dgmn_ref.cli import config_from_args, train_main, train_parser
+    from dgmn_ref.training import train
+
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    argv = tiny_argv(train_root, out, "--iterations", "3")
+    assert train_main(tiny_argv(train_root, whole, "--iterations", "3")) == 0
+
+    def stop(iteration, _):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # checkpoint.pt at iteration 1
+        train(config_from_args(train_parser().parse_args(argv)), callback=stop)
+    good = (out / "checkpoint.pt").read_bytes()
+    child = subprocess.Popen(  # resumes, and is killed saving iteration 2
+        [sys.executable, "-m", "dgmn_ref.cli", "train", *argv, "--resume"],
+        env={**os.environ, "PYTHONPATH": REPO, "DGMN_SAVE_DELAY": "120"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tmp = out / f".checkpoint.pt.tmp-{child.pid}"
+    wait_for(lambda: tmp.is_file() or child.poll() is not None, timeout=120)
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
+    assert (out / "checkpoint.pt").read_bytes() == good and load_run(out)["iteration"] == 1
+    assert tmp.exists() and json.loads((out / "run.lock").read_text())["pid"] == child.pid
+    logged = [json.loads(line)["iteration"] for line in (out / "log.jsonl").open()]
+    assert logged == [1, 2]  # the killed run logged iteration 2
+
+    assert train_main([*argv, "--resume"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl"]
+    logged = [json.loads(line)["iteration"] for line in (out / "log.jsonl").open()]
+    assert logged == [1, 2, 3]  # no duplicate of the replayed iteration 2
+    a, b = load_run(out)["model"], load_run(whole)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resume after kill -9 is bit-identical"
+
+
+def test_bad_data_fails_at_training_start(train_root, tmp_path, capsys):
+    import shutil
+
+    from dgmn_ref.cli import train_main
+
+    root = shutil.copytree(train_root, tmp_path / "data")
+    _, label = frame(root, "train", 0)
+    label.unlink()
+    out = tmp_path / "run"
+    assert train_main(tiny_argv(root, out)) == 2
+    err = capsys.readouterr().err
+    assert f"no label file (expected {label})" in err and "dgmn-ref check-data" in err
+    assert files(out) == {}
+
+
+def test_evaluate_names_split_and_subset_and_refuses_bad_input(trained, tmp_path, capsys):
+    """The audit's ``--subset 0`` wrote mIoU NaN over eval_val.json; a subset replaced the
+    full result; a mistyped synthetic root generated 19 MB of data there."""
+    from dgmn_ref.cli import evaluate_main
+
+    out = run_copy(trained, tmp_path)
+    assert evaluate_main([str(out)]) == 0
+    full = json.loads((out / "eval_val.json").read_text())
+    assert full["split"] == "val" and full["subset"] is None and full["images"] == 2
+    assert evaluate_main([str(out), "--subset", "1"]) == 0
+    subset = json.loads((out / "eval_val_subset1.json").read_text())
+    assert subset["subset"] == 1 and subset["images"] == 1
+    assert json.loads((out / "eval_val.json").read_text()) == full  # not replaced
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main([str(out), "--subset", "0"])
+    assert exit_.value.code == 2
+    assert "--subset: expected an int >= 1" in capsys.readouterr().err
+    wrong = tmp_path / "mistyped"
+    assert evaluate_main([str(out), "--root", str(wrong)]) == 2
+    assert "pass --make-data" in capsys.readouterr().err and not wrong.exists()
+    assert evaluate_main([str(out), "--split", "test"]) == 2  # no such split: named
+    assert "leftImg8bit/test" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sizes", "0"], "--sizes: expected ints >= 1"),
+        (["--channels", "-8"], "--channels: expected ints >= 1"),
+        (["--channels", "6"], "--channels: expected a multiple of 4"),
+        (["--repeats", "0"], "--repeats: expected ints >= 1"),
+        (["--threads", "0"], "--threads: expected ints >= 1"),
+        (["--timeout", "0"], "--timeout: expected seconds > 0"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bench_exits_nonzero_on_invalid_arguments(argv, message, capsys):
+    from dgmn_ref.cli import bench_main
+
+    with pytest.raises(SystemExit) as exit_:
+        bench_main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_coco_config_uses_the_files_categories(coco):
+    from dgmn_ref.training import TrainConfig
+
+    def only_cars(d):
+        d["categories"] = [{"id": 3, "name": "car", "supercategory": ""}]
+        d["annotations"] = [dict(a, category_id=3) for a in d["annotations"]]
+
+    for split in ("train2017", "val2017"):
+        edit_json(coco / "annotations" / f"instances_{split}.json", only_cars)
+    cfg = TrainConfig.from_dict({"dataset": "coco", "root": str(coco)}).check()
+    assert cfg.class_names() == ("background", "car") and cfg.num_classes() == 2

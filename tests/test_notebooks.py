@@ -25,16 +25,17 @@ def _code_cells(path: Path) -> list[nbformat.NotebookNode]:
 
 
 def test_notebooks_exist() -> None:
-    names = {p.name for p in NOTEBOOKS}
-    for expected in (
-        "00_overview.ipynb",
-        "01_message_passing.ipynb",
-        "02_uniform_sampling.ipynb",
-        "03_random_walks.ipynb",
-        "04_dynamic_filters_affinities.ipynb",
-        "07_complexity.ipynb",
-    ):
-        assert expected in names, f"notebooks/{expected} is missing"
+    """Every notebook is ``NN_name.ipynb``, numbered 00, 01, ... without a gap (00-08 at
+    least), and listed in notebooks/README.md."""
+    names = [p.name for p in NOTEBOOKS]
+    assert len(names) >= 9, f"expected notebooks 00-08 at least, found {names}"
+    for number, name in enumerate(names):
+        assert re.fullmatch(rf"{number:02d}_\w+\.ipynb", name), (
+            f"notebooks/{name}: expected notebook number {number:02d} (NN_name.ipynb, no gaps)"
+        )
+    readme = (NOTEBOOKS[0].parent / "README.md").read_text()
+    for name in names:
+        assert f"]({name})" in readme, f"notebooks/README.md does not link {name}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

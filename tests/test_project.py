@@ -50,3 +50,18 @@ def test_cli_help_and_complexity_help():
         [sys.executable, "-m", "dgmn_ref.cli", "frobnicate"], capture_output=True, text=True
     )
     assert out.returncode == 2 and "invalid choice: 'frobnicate'" in out.stderr
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout lists every module of the package (subpackages but data/ file by
+    file), so that it cannot fall behind the tree."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    package = ROOT / "dgmn_ref"
+    wanted = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    wanted += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()]
+    for folder in ("training", "figures", "tools"):
+        wanted += [p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"]
+    missing = sorted(name for name in wanted if name not in layout)
+    assert not missing, f"README.md's layout does not list {missing}"

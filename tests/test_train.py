@@ -10,7 +10,6 @@ import torch
 
 from dgmn_ref.cli import evaluate_main
 from dgmn_ref.cli import train_main as main
-from dgmn_ref.data.synthetic import make_synthetic_cityscapes
 from dgmn_ref.train import (
     TrainConfig,
     atomic_save,
@@ -18,12 +17,6 @@ from dgmn_ref.train import (
     poly_lr,
     train,
 )
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "synthetic_cityscapes"
-    return make_synthetic_cityscapes(root, n_train=6, n_val=2, size=(48, 96), seed=0)
 
 
 def tiny_config(root, out, **overrides) -> TrainConfig:
@@ -60,16 +53,15 @@ def test_atomic_save_leaves_nothing_half_written(tmp_path, monkeypatch):
         atomic_save({"iteration": 2}, path)
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
-    assert torch.load(path, weights_only=True) == {"iteration": 1}
+    assert load_run(path)["iteration"] == 1  # verified against its content hash
 
 
 class Interrupt(Exception):
     pass
 
 
-def test_resume_is_bit_identical(synthetic_root, tmp_path):
+def test_resume_is_bit_identical(synthetic_root, tmp_path, one_thread):
     # 6 iterations, 2 batches per epoch: the interruption at 3 is in the middle of epoch 1
-    torch.set_num_threads(1)
     full = train(tiny_config(synthetic_root, tmp_path / "full", dropout=0.5))
 
     def stop_at_3(iteration, _):
@@ -155,9 +147,18 @@ def test_cli_train_then_evaluate(synthetic_root, tmp_path, capsys):
 )  # fmt: skip
 def test_cli_bad_input(argv, message, capsys):
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dgmn-ref train: error: ") and message in err, err
+
+
+def test_cli_evaluate_bad_input(capsys):
     assert evaluate_main(["/no/such/run"]) == 2
-    assert "no checkpoint at /no/such/run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dgmn-ref evaluate: error: no checkpoint at /no/such/run"), err
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_main(["/no/such/run", "--impl", "fastest"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'fastest' (choose from 'reference', 'fast')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

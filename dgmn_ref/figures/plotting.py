@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from torch import Tensor
 
+from dgmn_ref.figures.common import new_axes, to_numpy
+
 __all__ = [
     "RATE_COLOURS",
     "add_caption",
@@ -40,18 +42,6 @@ __all__ = [
 
 #: One colour per sampling rate, in the order of the rates (Figure 2 uses blue / green).
 RATE_COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2")
-
-
-def _axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 5.0)) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def _numpy(t: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
-    if isinstance(t, Tensor):
-        return t.detach().cpu().double().numpy()
-    return np.asarray(t, dtype=float)
 
 
 def add_caption(fig: Figure, text: str, fontsize: float = 9.5) -> Figure:
@@ -97,7 +87,7 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
     """
     dmcs = list(layer.rate_messages)
     s = len(dmcs)
-    ax = _axes(ax, figsize=(13.0, 1.1 * s + 1.6))
+    ax = new_axes(ax, figsize=(13.0, 1.1 * s + 1.6))
     xs = {"f": 0.0, "us": 2.0, "walk": 4.0, "conv": 6.4, "msg": 8.8, "beta": 10.4, "h": 12.4}
     ys = [(s - 1) / 2 - q for q in range(s)]
     _box(ax, xs["f"], 0.0, "F\n(b, C, H, W)", "#dddddd", width=1.3)
@@ -170,8 +160,8 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
 # ------------------------------------------------------------------------ eq. 1 graphs
 def draw_adjacency(adjacency: Tensor, ax: Axes | None = None, title: str = "A") -> Axes:
     """An ``n m`` adjacency matrix as an image; zeros are white."""
-    ax = _axes(ax)
-    a = _numpy(adjacency)
+    ax = new_axes(ax)
+    a = to_numpy(adjacency)
     masked = np.ma.masked_where(a == 0, a)
     im = ax.imshow(masked, cmap="viridis", interpolation="nearest")
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="A[i, j]")
@@ -194,8 +184,8 @@ def draw_node_row(
 
     The receiving node ``node = (y, x)`` is marked with a red square (as in Figure 2).
     """
-    ax = _axes(ax)
-    grid = _numpy(row).reshape(height, width)
+    ax = new_axes(ax)
+    grid = to_numpy(row).reshape(height, width)
     im = ax.imshow(np.ma.masked_where(grid == 0, grid), cmap="viridis", interpolation="nearest")
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="A[i, j]")
     y, x = node
@@ -225,11 +215,11 @@ def draw_neighbours(
         node: the receiving node ``(y, x)``, drawn as a red square.
         fields: also draw each rate's receptive field (the box its neighbours span).
     """
-    ax = _axes(ax, figsize=(6.5, 6.5))
+    ax = new_axes(ax, figsize=(6.5, 6.5))
     ax.add_patch(Rectangle((-0.5, -0.5), width, height, facecolor="#f4f4f4", edgecolor="0.4"))
     for q, (rate, pos) in enumerate(positions.items()):
         colour = RATE_COLOURS[q % len(RATE_COLOURS)]
-        p = _numpy(pos)
+        p = to_numpy(pos)
         inside = (p[:, 0] >= 0) & (p[:, 0] <= height - 1) & (p[:, 1] >= 0) & (p[:, 1] <= width - 1)
         ax.scatter(p[inside, 1], p[inside, 0], s=22, color=colour, label=f"ρ = {rate}", zorder=3)
         if (~inside).any():
@@ -273,8 +263,8 @@ def draw_map(
     cmap: str = "magma",
 ) -> Axes:
     """A ``h w`` map (e.g. a gradient magnitude or a feature channel) with a colour bar."""
-    ax = _axes(ax)
-    im = ax.imshow(_numpy(values), cmap=cmap, interpolation="nearest")
+    ax = new_axes(ax)
+    im = ax.imshow(to_numpy(values), cmap=cmap, interpolation="nearest")
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     if node is not None:
         y, x = node
@@ -301,8 +291,8 @@ def draw_bilinear(
         position: ``(y, x)`` in pixels.
         corner_weights: ``{(row, col): weight}`` for the (up to four) corners.
     """
-    ax = _axes(ax)
-    img = _numpy(image)
+    ax = new_axes(ax)
+    img = to_numpy(image)
     ax.imshow(img, cmap="Greys", alpha=0.35, interpolation="nearest")
     for (r, c), v in np.ndenumerate(img):
         ax.text(c, r + 0.3, f"{v:g}", ha="center", va="center", fontsize=8, color="0.35")
@@ -348,14 +338,14 @@ def draw_walks(
         node: the receiving node ``(y, x)``.
         background: an optional ``h w`` map drawn under the arrows (e.g. the input feature).
     """
-    ax = _axes(ax, figsize=(6.5, 6.5))
+    ax = new_axes(ax, figsize=(6.5, 6.5))
     if background is None:
         ax.add_patch(Rectangle((-0.5, -0.5), width, height, facecolor="#f4f4f4", edgecolor="0.4"))
     else:
-        ax.imshow(_numpy(background), cmap="Greys", alpha=0.45, interpolation="nearest")
+        ax.imshow(to_numpy(background), cmap="Greys", alpha=0.45, interpolation="nearest")
     for q, rate in enumerate(uniform):
         colour = RATE_COLOURS[q % len(RATE_COLOURS)]
-        u, w = _numpy(uniform[rate]), _numpy(walked[rate])
+        u, w = to_numpy(uniform[rate]), to_numpy(walked[rate])
         ax.scatter(u[:, 1], u[:, 0], s=18, facecolor="none", edgecolor=colour, zorder=3)
         ax.scatter(w[:, 1], w[:, 0], s=22, color=colour, zorder=3, label=f"ρ = {rate}")
         for (uy, ux), (wy, wx) in zip(u, w, strict=True):
@@ -388,8 +378,8 @@ def draw_kernels(
     Draws ``1 + G`` panels: the normalised affinity A' (eq. 7) then each group's filter
     w_g (eq. 6), laid out as the neighbours sit around the node.
     """
-    a = _numpy(affinity)
-    w = _numpy(weights)
+    a = to_numpy(affinity)
+    w = to_numpy(weights)
     ks = math.isqrt(a.size)
     groups = w.shape[0]
     if axes is None:
@@ -426,7 +416,7 @@ def draw_scaling(
 
     With ``logx=logy=True`` a cost proportional to N**a is a straight line of slope a.
     """
-    ax = _axes(ax, figsize=(6.0, 4.0))
+    ax = new_axes(ax, figsize=(6.0, 4.0))
     for q, (name, values) in enumerate(series.items()):
         n = min(len(sizes), len(values))
         ax.plot(
@@ -459,7 +449,7 @@ def draw_bars(
 ) -> Axes:
     """Grouped bars: one group per label, one bar per series (e.g. "paper" vs "ours"),
     each bar annotated with its value formatted by ``fmt``."""
-    ax = _axes(ax, figsize=(7.0, 4.0))
+    ax = new_axes(ax, figsize=(7.0, 4.0))
     x = np.arange(len(labels))
     width = 0.8 / max(len(series), 1)
     for q, (name, values) in enumerate(series.items()):

@@ -2,18 +2,27 @@
 
 Each field carries its help text (``dgmn-ref train --help`` shows it with the default).
 To add a setting: add a field with :func:`setting`; if it has a fixed set of values, add it
-to :data:`CHOICES`; if it may change on ``--resume``, to :data:`RUNTIME_FIELDS`; further
-checks go in :meth:`TrainConfig.check`.
+to :data:`CHOICES`; if it has a range, to :data:`LIMITS`; if it may change on ``--resume``,
+to :data:`RUNTIME_FIELDS`; further checks go in :meth:`TrainConfig.check`.
+
+Every value is checked against its field's type (``"seed": "1"``, ``"freeze_bn": "false"``
+are errors, an int is a valid float) and range before anything is written; an unknown key
+is an error naming its closest match.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
+import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dgmn_ref.data.labels import CITYSCAPES_CLASSES, COCO_SEMANTIC_CLASSES
+from dgmn_ref.data.labels import CITYSCAPES_CLASSES
 from dgmn_ref.layer import IMPLS
 from dgmn_ref.models import CONTEXTS, DEPTHS
 from dgmn_ref.variants import PAPER_VARIANTS
@@ -22,6 +31,7 @@ __all__ = [
     "AMP_MODES",
     "CHOICES",
     "DATASETS",
+    "LIMITS",
     "OPTIMIZERS",
     "RATED_CONTEXTS",
     "RUNTIME_FIELDS",
@@ -46,10 +56,72 @@ CHOICES: dict[str, tuple] = {
     "depth": tuple(sorted(DEPTHS)),
     "optimizer": OPTIMIZERS,
 }
+# The ranges of the other settings: (what is expected, test of a value of the right type).
+LIMITS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "out": ("a folder name", lambda v: v.strip() != ""),
+    "width": ("an int >= 1", lambda v: v >= 1),
+    "head_channels": ("an int >= 1", lambda v: v >= 1),
+    "rates": ("a list of ints >= 1, not empty", lambda v: len(v) > 0 and min(v) >= 1),
+    "dropout": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "iterations": ("an int >= 1", lambda v: v >= 1),
+    "batch_size": ("an int >= 1", lambda v: v >= 1),
+    "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    "momentum": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "power": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "crop_size": ("[h, w], ints >= 8", lambda v: len(v) == 2 and min(v) >= 8),
+    "scale_range": (
+        "[lo, hi], finite, 0 < lo <= hi",
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] and math.isfinite(v[1]),
+    ),
+    "train_subset": ("an int >= 1, or none for all images", lambda v: v >= 1),
+    "val_subset": ("an int >= 1, or none for all images", lambda v: v >= 1),
+    "seed": ("an int >= 0", lambda v: v >= 0),
+    "device": (
+        "auto, cpu, mps, cuda or cuda:N",
+        lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v),
+    ),
+    "num_workers": ("an int >= 0", lambda v: v >= 0),
+    "checkpoint_every": ("an int >= 1", lambda v: v >= 1),
+    "log_every": ("an int >= 1", lambda v: v >= 1),
+}
 # Settings that may change when a run is resumed; all others must match the saved config.
 RUNTIME_FIELDS = frozenset(
-    {"out", "progress", "num_workers", "log_every", "checkpoint_every", "device", "root"}
-)
+    {
+        "out", "progress", "num_workers", "log_every", "checkpoint_every", "device", "root",
+        "keep_previous",
+    }
+)  # fmt: skip
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _of_type(value: Any, kind: str) -> bool:
+    """Whether ``value`` fits one alternative of an annotation (bool is not an int)."""
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind.startswith("dict["):
+        return isinstance(value, dict)
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_of_type(v, kind[5:-1]) for v in value)
+    return isinstance(value, _TYPES[kind]) and not isinstance(value, bool)
+
+
+def check_type(name: str, value: Any, annotation: str) -> Any:
+    """``value`` if it fits ``annotation`` (e.g. ``"list[int] | None"``), ints as floats
+    for a float; else a ValueError naming the setting, the value and the type."""
+    for kind in (k.strip() for k in annotation.split("|")):
+        if _of_type(value, kind):
+            if kind == "float":
+                return float(value)
+            if kind == "list[float]":
+                return [float(v) for v in value]
+            return value
+    raise ValueError(
+        f"{name}: expected {annotation.replace('None', 'null')}, got {value!r} "
+        f"({type(value).__name__})"
+    )
 
 
 def setting(default: Any, help: str) -> Any:
@@ -114,26 +186,24 @@ class TrainConfig:
     checkpoint_every: int = setting(1000, "save checkpoint.pt every N iterations")
     log_every: int = setting(10, "log the loss every N iterations (and at the end)")
     progress: bool = setting(True, "show a progress bar")
+    keep_previous: bool = setting(
+        False, "also keep the checkpoint before the newest, as checkpoint_previous.pt"
+    )
 
     def check(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the bad value and what was expected."""
+        """Raise ``ValueError`` naming the bad value and what was expected (type, choice,
+        range), or ``FileNotFoundError`` for a missing dataset root or weights file."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_type(f.name, getattr(self, f.name), str(f.type)))
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("iterations", "batch_size", "width", "head_channels", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {getattr(self, name)!r}")
-        if self.rates is not None:
-            if self.context not in RATED_CONTEXTS:
-                raise ValueError(f"rates: only for contexts {RATED_CONTEXTS}, not {self.context!r}")
-            if not self.rates or not all(
-                isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in self.rates
-            ):
-                raise ValueError(f"rates: expected a list of ints >= 1, got {self.rates!r}")
-        if self.context_kwargs is not None and not isinstance(self.context_kwargs, dict):
-            raise ValueError(f"context_kwargs: expected a dict, got {self.context_kwargs!r}")
-        if len(self.crop_size) != 2:
-            raise ValueError(f"crop_size: expected [h, w], got {self.crop_size!r}")
+        for name, (expected, valid) in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not valid(value):
+                raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        if self.rates is not None and self.context not in RATED_CONTEXTS:
+            raise ValueError(f"rates: only for contexts {RATED_CONTEXTS}, not {self.context!r}")
         if self.dataset in ("cityscapes", "coco"):
             if self.root is None:
                 raise ValueError(f"root: dataset {self.dataset!r} needs --root DIR")
@@ -141,19 +211,35 @@ class TrainConfig:
                 raise FileNotFoundError(
                     f"root: {self.root!r} is not a directory (the {self.dataset} dataset root)"
                 )
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise FileNotFoundError(f"pretrained: no weights file {self.pretrained!r}")
         return self
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; expected some of {sorted(known)}")
-        return cls(**values)
+        """The config of ``values`` (e.g. a JSON file), each checked against its type;
+        an unknown key is an error naming the closest known one."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown config key {key!r}{hint} (known: {', '.join(known)})")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        return cls(**{k: check_type(k, v, types[k]) for k, v in values.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"config file {path}: malformed JSON: {err.msg} at line {err.lineno} "
+                f"column {err.colno}"
+            ) from err
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path}: expected a JSON object of settings")
+        return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,4 +256,23 @@ class TrainConfig:
         return len(self.class_names())
 
     def class_names(self) -> tuple[str, ...]:
-        return COCO_SEMANTIC_CLASSES if self.dataset == "coco" else CITYSCAPES_CLASSES
+        """Cityscapes' 19 classes; for COCO the annotation files' own categories (the 80
+        of COCO 2017 in the real files), so a set of its own is named correctly."""
+        if self.dataset != "coco":
+            return CITYSCAPES_CLASSES
+        return _coco_class_names(str(Path(self.root).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _coco_class_names(root: str) -> tuple[str, ...]:
+    """Background + the categories of the COCO splits present (train and val must agree)."""
+    from dgmn_ref.data.check import coco_class_names
+
+    splits = [
+        s
+        for s in ("train2017", "val2017")
+        if (Path(root) / "annotations" / f"instances_{s}.json").is_file()
+    ]
+    if not splits:
+        raise FileNotFoundError(f"root: no annotations/instances_{{train,val}}2017.json in {root}")
+    return coco_class_names(root, splits)

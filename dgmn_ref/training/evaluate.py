@@ -8,6 +8,7 @@ needs context (``data/README.md``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from dgmn_ref.training.config import TrainConfig
 from dgmn_ref.training.distributed import Shard, autocast, rank_and_world
 from dgmn_ref.training.loop import build_dataset
 
-__all__ = ["evaluate", "report_evaluation"]
+__all__ = ["eval_file_name", "evaluate", "report_evaluation"]
 
 
 @torch.no_grad()
@@ -79,21 +80,33 @@ def evaluate(
     return result
 
 
+def eval_file_name(split: str, subset: int | None) -> str:
+    """``eval_<split>.json``, or ``eval_<split>_subset<N>.json`` for the first N images,
+    so a subset never replaces the full result.
+
+    Example:
+        >>> eval_file_name("val", None), eval_file_name("val", 4)
+        ('eval_val.json', 'eval_val_subset4.json')
+    """
+    return f"eval_{split}.json" if subset is None else f"eval_{split}_subset{subset}.json"
+
+
 def report_evaluation(
     cfg: TrainConfig, model: nn.Module, split: str, out: Path | None
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``split`` of ``cfg``'s data; rank 0 prints the per-class table
-    and writes ``out/eval_<split>.json``. Returns the metrics without the meters."""
+    """Evaluate ``model`` on ``split`` of ``cfg``'s data (the first ``cfg.val_subset``
+    images if set); rank 0 prints the per-class table and writes ``out/``
+    :func:`eval_file_name` (atomically). Returns the metrics without the meters, plus the
+    split, the subset and the number of images."""
     device = next(model.parameters()).device
+    dataset = build_dataset(cfg, split)
+    if len(dataset) == 0:
+        raise ValueError(f"split {split!r} of {cfg.dataset} at {cfg.root} has no images")
     metrics = evaluate(
-        model,
-        build_dataset(cfg, split),
-        cfg.num_classes(),
-        device=device,
-        amp=cfg.amp,
-        progress=cfg.progress,
+        model, dataset, cfg.num_classes(), device=device, amp=cfg.amp, progress=cfg.progress
     )
-    summary = {k: v for k, v in metrics.items() if not k.endswith("meter")}
+    summary = {"split": split, "subset": cfg.val_subset, "images": len(dataset)}
+    summary |= {k: v for k, v in metrics.items() if not k.endswith("meter")}
     if rank_and_world()[0] == 0:
         print(metrics["meter"].table(cfg.class_names(), title=f"{cfg.dataset} {split}"))
         if "context_miou" in metrics:
@@ -102,5 +115,9 @@ def report_evaluation(
                 f"accuracy {100 * metrics['context_accuracy']:.2f}"
             )
         if out is not None:
-            (out / f"eval_{split}.json").write_text(json.dumps(summary, indent=2) + "\n")
+            path = out / eval_file_name(split, cfg.val_subset)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, path)
+            print(f"wrote {path}")
     return summary

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from dgmn_ref.data.labels import IGNORE_INDEX
 from dgmn_ref.models import SegmentationModel, load_imagenet_weights
+from dgmn_ref.runlock import RunLock, remove_stale_tmp
 from dgmn_ref.training.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -44,6 +44,7 @@ from dgmn_ref.training.checkpoint import (
     restore_state,
     rng_states,
     seed_everything,
+    truncate_log,
 )
 from dgmn_ref.training.config import SYNTHETIC_ROOT, TrainConfig
 from dgmn_ref.training.distributed import (
@@ -55,6 +56,8 @@ from dgmn_ref.training.distributed import (
     resolve_device,
     setup_distributed,
 )
+from dgmn_ref.training.guard import NonFiniteGuard
+from dgmn_ref.training.integrity import CheckpointError, nonfinite_tensors
 
 __all__ = ["Run", "build_dataset", "build_model", "build_run", "poly_lr", "run_step", "train"]
 
@@ -151,6 +154,7 @@ class Run:
     start: int = 0  # the first iteration to run
     epoch: int = 0  # the sampler position of that iteration
     batch_in_epoch: int = 0
+    last_good: tuple[Path, int] | None = None  # the newest checkpoint written or resumed
 
     def autocast(self) -> AbstractContextManager:
         return autocast(self.cfg.amp, self.device)
@@ -167,9 +171,18 @@ class Run:
             epoch, start = epoch + 1, 0
 
 
-def check_resume(cfg: TrainConfig, out: Path) -> dict[str, Any]:
-    """The checkpoint in ``out``, after checking ``cfg`` differs only in runtime settings."""
-    checkpoint = load_run(out, "cpu")
+def check_resume(cfg: TrainConfig, out: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint in ``out``, verified (content hash; on CPU the thread count, which
+    bit-identical resume needs; finite weights), after checking ``cfg`` differs only in
+    runtime settings."""
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    checkpoint = load_run(out, "cpu", threads=threads)
+    bad = nonfinite_tensors(checkpoint["model"])
+    if bad:
+        raise CheckpointError(
+            f"--resume: {out / CHECKPOINT} holds non-finite weights ({bad[0]}, ... "
+            f"{len(bad)} tensors); start the run again with --overwrite"
+        )
     changed = cfg.changed_settings(TrainConfig.from_dict(checkpoint["config"]))
     if changed:
         raise ValueError(
@@ -255,7 +268,8 @@ def save_checkpoint(run: Run, iteration: int, epoch: int, batch: int) -> None:
             run.model, run.optimizer, run.scaler, iteration=iteration, sampler=sampler,
             rng=rng, config=run.cfg.to_dict(),
         )  # fmt: skip
-        atomic_save(state, run.out / CHECKPOINT)
+        atomic_save(state, run.out / CHECKPOINT, keep_previous=run.cfg.keep_previous)
+    run.last_good = (run.out / CHECKPOINT, iteration)
 
 
 def log_step(run: Run, record: dict[str, float]) -> None:
@@ -289,13 +303,38 @@ def train(
         "lr", "images_per_s"}], "out": Path}``.
     """
     cfg.check()
+    if resume and overwrite:
+        raise ValueError(
+            "--resume and --overwrite contradict each other: --resume continues the run in "
+            f"{cfg.out}, --overwrite deletes it; pass one"
+        )
+    check_training_data(cfg)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = setup_distributed(device.type)
+    lock = RunLock(cfg.out) if info.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
+            for path in remove_stale_tmp(cfg.out):
+                print(f"removed {path}, left by a writer that is gone")
         return _train(cfg, device, info, resume, overwrite, callback)
     finally:
+        if lock is not None:
+            lock.release()
         if info.initialised_here:
             dist.destroy_process_group()
+
+
+def check_training_data(cfg: TrainConfig) -> None:
+    """The cheap data check (pairing, schema, categories) of the training split, so a
+    broken dataset fails now, not hours in; see :mod:`dgmn_ref.data.check`."""
+    from dgmn_ref.data import ensure_synthetic
+    from dgmn_ref.data.check import require_valid_data
+
+    root = cfg.root
+    if cfg.dataset == "synthetic":
+        root = ensure_synthetic(root or SYNTHETIC_ROOT)
+    require_valid_data(cfg.dataset, root, ["train"])
 
 
 def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str, Any]:
@@ -309,17 +348,20 @@ def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str
         prepare_out_dir(out, resume, overwrite)
     if info.world_size > 1:
         dist.barrier()  # nobody reads the folder before it is ready
-    checkpoint = check_resume(cfg, out) if resume else None
-    if info.is_main:
-        print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
-        (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    checkpoint = check_resume(cfg, out, device) if resume else None
     run = build_run(cfg, device, info)
     if checkpoint is not None:
         run.start, run.epoch, run.batch_in_epoch = restore_state(
             checkpoint, run.model, run.optimizer, run.scaler, info.rank
         )
+        run.last_good = (out / CHECKPOINT, run.start)
         run.log(f"resumed from {out / CHECKPOINT} at iteration {run.start}")
         del checkpoint
+    if info.is_main:  # every check passed: now the run folder is written
+        truncate_log(out, run.start)
+        print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
+        (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    guard = NonFiniteGuard(device, info.world_size, check_gradients=not run.scaler.is_enabled())
 
     run.net.train()
     if cfg.freeze_bn:
@@ -342,13 +384,13 @@ def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str
         label = label.to(device, non_blocking=True)
         loss = run_step(run, iteration, image, label)
         done, seen = iteration + 1, seen + image.shape[0] * info.world_size
+        guard.observe(loss, done)
         last = done == cfg.iterations
         logging, saving = done % cfg.log_every == 0 or last, done % cfg.checkpoint_every == 0
         if logging or saving or last:
-            # the only host synchronisation of the loop; never save a non-finite run
+            # the only host synchronisation of the loop; never log or save a non-finite run
             mean_loss = global_mean(loss, info.world_size).item()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"loss is {mean_loss} at iteration {done}")
+            guard.check(run.model, done, run.last_good)
         if logging:
             lr = run.optimizer.param_groups[0]["lr"]
             speed = seen / (time.perf_counter() - tic)

@@ -1,24 +1,23 @@
 """Checkpoints you can trust: a content hash and the thread count, verified on load.
 
-* :func:`save_checkpoint` writes ``state`` plus an ``integrity`` record (the SHA-256 of
-  every tensor and value, and ``torch.get_num_threads()``) atomically: a temporary file
-  in the same folder, then ``os.replace``. A full disk or an unwritable folder is an
-  :class:`OSError` naming the path and what to free.
-* :func:`load_checkpoint` reads with ``weights_only=True`` and verifies the record; a
-  zero-byte, text, truncated or bit-flipped file is a :class:`CheckpointError` naming it.
+* :func:`seal` adds an ``integrity`` record to a state (the SHA-256 of every tensor and
+  value, and ``torch.get_num_threads()``); :func:`verify` checks a loaded state against
+  it. :func:`~dgmn_ref.training.checkpoint.atomic_save` and
+  :func:`~dgmn_ref.training.checkpoint.load_run` use both, so a zero-byte, text,
+  truncated or bit-flipped file is a :class:`CheckpointError` naming it.
+* :func:`write_error`: a full disk or an unwritable folder as an :class:`OSError` naming
+  the path and what to free.
 * :func:`nonfinite_tensors`: the names of the tensors holding NaN or infinity.
 
 Bit-identical resume holds only at the same thread count (CPU reductions split their work
-by thread), so a resumed run compares it: ``load_checkpoint(path, threads=...)``.
+by thread), so a resumed run compares it: ``load_run(path, threads=...)``.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import shutil
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,11 @@ import torch
 __all__ = [
     "INTEGRITY",
     "CheckpointError",
-    "load_checkpoint",
     "nonfinite_tensors",
-    "save_checkpoint",
+    "seal",
+    "state_bytes",
     "state_digest",
+    "verify",
     "write_error",
 ]
 
@@ -116,7 +116,8 @@ def write_error(err: BaseException, path: str | Path, needed: int | None = None)
     return OSError(code or errno.EIO, f"could not write {path}: {err}")
 
 
-def _state_bytes(state: dict[str, Any]) -> int:
+def state_bytes(state: dict[str, Any]) -> int:
+    """Bytes of the tensors of ``state``: about the size of its checkpoint file."""
     return sum(
         leaf.element_size() * leaf.numel()
         for _, leaf in _leaves(state)
@@ -124,63 +125,27 @@ def _state_bytes(state: dict[str, Any]) -> int:
     )
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` and its integrity record atomically; return ``path``.
-
-    A reader sees the old file or the new one, never half of one, and nothing is left
-    behind when writing fails (the :class:`OSError` names the path; see
-    :func:`write_error`). ``DGMN_SAVE_DELAY`` (seconds, for the fault tests) sleeps
-    between writing the temporary file and renaming it.
-    """
-    path = Path(path)
+def seal(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` plus its ``integrity`` record: the content hash and the thread count."""
     record = {"sha256": state_digest(state), "torch_threads": torch.get_num_threads()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({**state, INTEGRITY: record}, tmp)
-        if os.environ.get("DGMN_SAVE_DELAY"):
-            time.sleep(float(os.environ["DGMN_SAVE_DELAY"]))
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        raise write_error(err, tmp, _state_bytes(state)) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return {**state, INTEGRITY: record}
 
 
-def load_checkpoint(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    *,
-    threads: int | None = None,
-) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` and verify its record.
+def verify(state: Any, path: str | Path, *, threads: int | None = None) -> dict[str, Any]:
+    """Check a loaded checkpoint ``state`` against its ``integrity`` record.
 
     Args:
-        path: the ``.pt`` file.
+        path: the file it was read from (for the messages).
         threads: if given, the thread count this process runs with; a different recorded
             count is an error (a resumed run would not be bit-identical).
 
     Returns:
-        the state as saved (with its ``integrity`` record).
+        ``state``.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is empty, not a checkpoint, truncated or corrupted, or
-            was written with another thread count; the message names the file.
+        CheckpointError: not a dict, a hash mismatch, or another thread count; the
+            message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it cannot be used")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises EOFError, KeyError, RuntimeError, UnpicklingError
-        raise CheckpointError(
-            f"checkpoint {path} ({size} bytes) is not a readable torch checkpoint: it is "
-            f"truncated, corrupted or another kind of file ({type(err).__name__}: {err})"
-        ) from err
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(state).__name__}; expected a dict of states"
@@ -190,7 +155,7 @@ def load_checkpoint(
         warnings.warn(
             f"checkpoint {path} has no integrity record (written before dgmn_ref recorded "
             "one); it is loaded unverified",
-            stacklevel=2,
+            stacklevel=3,
         )
         return state
     if state_digest(state) != record.get("sha256"):

