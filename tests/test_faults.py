@@ -695,14 +695,22 @@ def test_kill_during_checkpoint_write_then_resume(train_root, tmp_path):
     good = (out / "checkpoint.pt").read_bytes()
     child = subprocess.Popen(  # resumes, and is killed saving iteration 2
         [sys.executable, "-m", "dgmn_ref.cli", "train", *argv, "--resume"],
-        env={**os.environ, "PYTHONPATH": REPO, "DGMN_SAVE_DELAY": "120"},
+        # the same thread count as this process (a resume at another count is refused)
+        env={
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "DGMN_SAVE_DELAY": "120",
+            "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        },  # fmt: skip
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     tmp = out / f".checkpoint.pt.tmp-{child.pid}"
     wait_for(lambda: tmp.is_file() or child.poll() is not None, timeout=120)
     child.kill()
-    assert child.wait() == -signal.SIGKILL
+    _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err
     assert (out / "checkpoint.pt").read_bytes() == good and load_run(out)["iteration"] == 1
     assert tmp.exists() and json.loads((out / "run.lock").read_text())["pid"] == child.pid
     logged = [json.loads(line)["iteration"] for line in (out / "log.jsonl").open()]
