@@ -814,9 +814,9 @@ def test_run_stopped_before_its_first_checkpoint_says_how_to_restart(train_root,
     assert train_main(tiny_argv(train_root, out, "--overwrite")) == 0
 
 
-def test_training_on_coco_with_85_categories(coco, tmp_path):
+def test_training_on_coco_with_85_categories(coco, coco_root, tmp_path, capsys):
     """The audit's ``Target 85 is out of bounds``: the model gets the file's 86 classes."""
-    from dgmn_ref.cli import train_main
+    from dgmn_ref.cli import evaluate_main, train_main
 
     extra = [{"id": 100 + i, "name": f"thing{i}", "supercategory": ""} for i in range(5)]
 
@@ -832,3 +832,6 @@ def test_training_on_coco_with_85_categories(coco, tmp_path):
     )
     assert train_main(argv) == 0
     assert load_run(out)["model"]["classifier.weight"].shape[0] == 86
+    capsys.readouterr()
+    assert evaluate_main([str(out), "--root", str(coco_root)]) == 2  # COCO's 80 categories
+    assert "do not fit the model of its config with the data at" in capsys.readouterr().err
