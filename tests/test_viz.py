@@ -22,7 +22,7 @@ from matplotlib.quiver import Quiver  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dgmn_ref import functional  # noqa: E402
-from dgmn_ref.figures import viz  # noqa: E402
+from dgmn_ref.figures import explore, viz  # noqa: E402
 from dgmn_ref.layer import DGMN  # noqa: E402
 
 
@@ -351,7 +351,13 @@ def test_notebook_08_committed_with_its_static_views():
 
     path = Path(__file__).resolve().parents[1] / "notebooks" / "08_explore_walks.ipynb"
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    assert all(c["outputs"] for c in cells[1:]), f"{path.name}: re-execute it (make notebooks)"
+    # The parameters cell (any run, any images) comes first, then the imports; both print nothing.
+    assert "parameters" in cells[0]["metadata"].get("tags", [])
+    assert {"CHECKPOINT =", "IMAGES =", "LAYER ="} <= set(
+        line.split(" = ")[0] + " =" for line in cells[0]["source"] if " = " in line
+    )
+    assert "explore.GALLERY_DPI" in "".join(cells[1]["source"]) and explore.GALLERY_DPI >= 110
+    assert all(c["outputs"] for c in cells[2:]), f"{path.name}: re-execute it (make notebooks)"
     images = sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"])
     assert images >= 4, f"{path.name}: expected the static figures, found {images} images"
     explorer = [c for c in cells if "viz.explorer(" in "".join(c["source"])]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dgmn_ref.figures.viz import WalkData, dgmn_layers
+from dgmn_ref.figures.walks import WalkData, dgmn_layers
 
 __all__ = [
     "Frames",
@@ -210,7 +210,7 @@ def walk_numbers(data: WalkData, cue: Tensor, receivers: Tensor | None = None) -
     """Where the walks of eq. (4) lead, per rate: length, and how often they land on the cue.
 
     Args:
-        data: from :func:`dgmn_ref.viz.extract_from_model`, ``b`` images.
+        data: from :func:`dgmn_ref.figures.walks.extract_from_model`, ``b`` images.
         cue: the image pixels that carry the information (e.g. :func:`beacon_mask`), ``b H W``.
         receivers: the receiving nodes to count, as image pixels ``b H W`` (a feature cell is a
             receiver when at least half of its pixels are); None: every node.
@@ -302,7 +302,7 @@ def node_caption(
 ) -> str:
     """One line on what node i's walks did: length, reach, and how many land on the cue
     (``b H W``; None: not counted)."""
-    from dgmn_ref.figures.viz import message_sources
+    from dgmn_ref.figures.walks import message_sources
 
     y, x = data.check_node(node, batch)
     length = float(data.walks[:, batch, :, :, y, x].norm(dim=2).mean())
@@ -354,7 +354,7 @@ def explore_numbers(
     beacon decides); with ``gallery``, also one PNG per :data:`GALLERY_CLASSES` node of frame
     0 (``<gallery>-<n>.png``, :data:`GALLERY_DPI`) and its caption.
     """
-    from dgmn_ref.figures.viz import extract_from_model
+    from dgmn_ref.figures.walks import extract_from_model
 
     model, cfg = load_model(checkpoint)
     if cfg.dataset != "synthetic":
