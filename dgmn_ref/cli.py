@@ -232,7 +232,13 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                 "synthetic data there"
             )
         model = build_model(cfg)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:  # e.g. a COCO root with other categories
+            raise ValueError(
+                f"{args.run}: its weights do not fit the model of its config with the data "
+                f"at {cfg.root} ({cfg.num_classes()} classes): {str(err).splitlines()[-1].strip()}"
+            ) from err
         model.to(resolve_device(cfg.device))
         run = Path(args.run)
         report_evaluation(cfg, model, args.split, run if run.is_dir() else run.parent)

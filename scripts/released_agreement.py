@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dgmn_ref import DGMN, released, variant_kwargs
+from dgmn_ref.layer import IMPLS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t = load_transcription()
     cases = []
-    for impl in ("reference", "fast"):
+    for impl in IMPLS:
         for rates in [(1, 4, 8, 12), (1, 2, 3, 5), (3, 1, 2, 2)]:
             for bug in (False, True):
                 worst: dict[str, float] = {}

@@ -5,8 +5,11 @@ The notebook (``test_explorer_in_jupyterlab``):
 
 Starts JupyterLab on 127.0.0.1 (token, free port, HOME and JUPYTER_* in a temporary folder,
 root_dir = a temporary copy of notebooks/ so nothing committed is modified), opens the
-notebook, runs all cells from the Run menu, moves the explorer's "node column x" slider and
-checks that the explorer's figure changed, then unticks "uniform positions" and checks again.
+notebook, runs all cells from the Run menu, clicks a pixel of the explorer's neighbours picture
+(an ipympl canvas) and checks that the node under that pixel is selected (the status line's
+``data-node``, placed with its ``data-image-box``), that the figure changed and that the node
+sliders followed; then moves the "node column x" slider with the keyboard and unticks "uniform
+positions", checking each time that the figure changed.
 Screenshots are written to ``artifacts/browser/`` (ignored by git) and their paths printed.
 
 The page (``test_explorer_page``): exported from the committed checkpoint into a temporary
@@ -22,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -52,7 +56,9 @@ CHROMIUM_ARGS = [
 ]
 STATUS = "#jp-main-statusbar .jp-StatusBar-TextItem"
 EXPLORER = ".dgmn-explorer"
-OUTPUT = f"{EXPLORER} .widget-output"  # holds the figure, replaced on every change
+FIGURE = f"{EXPLORER} .jupyter-matplotlib-figure"  # the ipympl canvas widget, redrawn in place
+CANVAS = f"{EXPLORER} .jupyter-matplotlib-canvas-div"  # where ipympl takes the mouse events
+STATUS_NODE = f"{EXPLORER} .dgmn-node"  # data-node="y,x", data-size, data-image-box
 MIN_CHANGE = 0.002  # fraction of the figure's pixels that must change
 
 
@@ -121,8 +127,6 @@ def wait_for_redraw(output, before: bytes, timeout: float = 30.0) -> tuple[bytes
     deadline, after = time.monotonic() + timeout, before
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if output.locator("img").count() == 0:  # being replaced
-            continue
         after = output.screenshot()
         if changed_fraction(before, after) > MIN_CHANGE:
             time.sleep(1.0)
@@ -178,7 +182,8 @@ def test_explorer_in_jupyterlab(tmp_path):
         start_new_session=True,  # its kernels go in its process group
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shots = {name: ARTIFACTS / f"{name}.png" for name in ("before", "after", "no_uniform", "page")}
+    names = ("before", "clicked", "after", "no_uniform", "page")
+    shots = {name: ARTIFACTS / f"{name}.png" for name in names}
     for path in shots.values():
         path.unlink(missing_ok=True)
     page = None
@@ -188,36 +193,71 @@ def test_explorer_in_jupyterlab(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                page = browser.new_page(viewport={"width": 1800, "height": 1000})
                 page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
                 # The kernel is connected once the status bar says "| Idle".
                 expect(page.locator(STATUS).filter(has_text="| Idle")).to_be_visible(timeout=60_000)
                 page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
                 page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
-                output = page.locator(OUTPUT).first
-                expect(output.locator("img")).to_be_visible(timeout=90_000)
+                output = page.locator(FIGURE).first
+                status = page.locator(STATUS_NODE).first
+                expect(status).to_have_attribute(
+                    "data-image-box", re.compile(r"\d"), timeout=90_000
+                )
+                expect(output.locator("canvas").first).to_be_visible(timeout=30_000)
                 output.scroll_into_view_if_needed()
-                time.sleep(1.0)  # let the image finish painting
+                time.sleep(2.0)  # let the first image arrive and paint
                 before = output.screenshot(path=str(shots["before"]))
 
-                slider = page.locator(f"{EXPLORER} .widget-hslider").filter(
-                    has_text="node column x"
+                # Click a pixel of the neighbours picture: the node under it is selected.
+                start = tuple(map(int, status.get_attribute("data-node").split(",")))
+                h, w = map(int, status.get_attribute("data-size").split(","))
+                left, top, right, bottom = map(
+                    float, status.get_attribute("data-image-box").split(",")
                 )
+                target = (3, (start[1] + w // 2) % w)
+                canvas = page.locator(CANVAS).first
+                box = canvas.bounding_box()
+                point = {
+                    "x": (left + (right - left) * (target[1] + 0.5) / w) * box["width"],
+                    "y": (top + (bottom - top) * (target[0] + 0.5) / h) * box["height"],
+                }
+                canvas.click(position=point)
+                expect(status).to_have_attribute(
+                    "data-node", f"{target[0]},{target[1]}", timeout=30_000
+                )
+                clicked, fraction = wait_for_redraw(output, before)
+                shots["clicked"].write_bytes(clicked)
+                print(f"click at {point} -> node {target}: {fraction:.2%} of pixels changed")
+                assert fraction > MIN_CHANGE, (
+                    f"clicking node {target} left the figure unchanged ({fraction:.3%} differ); "
+                    f"see {shots['before']} and {shots['clicked']}"
+                )
+                # The sliders follow the click (and stay the keyboard fallback).
+                sliders = page.locator(f"{EXPLORER} .widget-hslider")
+                for description, value in (("node row y", target[0]), ("node column x", target[1])):
+                    readout = sliders.filter(has_text=description).locator(".widget-readout")
+                    expect(readout).to_have_text(str(value), timeout=10_000)
+
+                slider = sliders.filter(has_text="node column x")
                 readout = slider.locator(".widget-readout")
                 start = int(readout.inner_text())
+                steps = 4 if start + 4 < w else -4
                 slider.locator(".noUi-handle").focus()
-                for _ in range(4):
-                    page.keyboard.press("ArrowRight")
-                expect(readout).to_have_text(str(start + 4), timeout=10_000)
-
-                after, fraction = wait_for_redraw(output, before)
+                for _ in range(abs(steps)):
+                    page.keyboard.press("ArrowRight" if steps > 0 else "ArrowLeft")
+                expect(readout).to_have_text(str(start + steps), timeout=10_000)
+                expect(status).to_have_attribute(
+                    "data-node", f"{target[0]},{start + steps}", timeout=30_000
+                )
+                after, fraction = wait_for_redraw(output, clicked)
                 shots["after"].write_bytes(after)
-                print(f"node x {start} -> {start + 4}: {fraction:.2%} of pixels changed")
+                print(f"node x {start} -> {start + steps}: {fraction:.2%} of pixels changed")
                 assert fraction > MIN_CHANGE, (
-                    f"moving the node slider from x={start} to x={start + 4} left the explorer's "
-                    f"figure unchanged ({fraction:.3%} of pixels differ); see {shots['before']} "
-                    f"and {shots['after']}"
+                    f"moving the node slider from x={start} to x={start + steps} left the "
+                    f"explorer's figure unchanged ({fraction:.3%} of pixels differ); see "
+                    f"{shots['clicked']} and {shots['after']}"
                 )
 
                 # Toggle uniform vs learned positions: the rings of eq. (3) disappear.
@@ -228,7 +268,7 @@ def test_explorer_in_jupyterlab(tmp_path):
                 shots["no_uniform"].write_bytes(unticked)
                 print(f"uniform positions off: {fraction:.2%} of pixels changed")
                 assert fraction > MIN_CHANGE, "unticking 'uniform positions' changed nothing"
-                for name in ("before", "after", "no_uniform"):
+                for name in ("before", "clicked", "after", "no_uniform"):
                     drawn = ink(shots[name].read_bytes())
                     assert drawn > 0.2, f"{shots[name]} is nearly blank ({drawn:.1%} ink)"
                 page.screenshot(path=str(shots["page"]), full_page=True)

@@ -695,14 +695,22 @@ def test_kill_during_checkpoint_write_then_resume(train_root, tmp_path):
     good = (out / "checkpoint.pt").read_bytes()
     child = subprocess.Popen(  # resumes, and is killed saving iteration 2
         [sys.executable, "-m", "dgmn_ref.cli", "train", *argv, "--resume"],
-        env={**os.environ, "PYTHONPATH": REPO, "DGMN_SAVE_DELAY": "120"},
+        # the same thread count as this process (a resume at another count is refused)
+        env={
+            **os.environ,
+            "PYTHONPATH": REPO,
+            "DGMN_SAVE_DELAY": "120",
+            "OMP_NUM_THREADS": str(torch.get_num_threads()),
+        },  # fmt: skip
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     tmp = out / f".checkpoint.pt.tmp-{child.pid}"
     wait_for(lambda: tmp.is_file() or child.poll() is not None, timeout=120)
     child.kill()
-    assert child.wait() == -signal.SIGKILL
+    _, err = child.communicate()
+    assert child.returncode == -signal.SIGKILL, err
     assert (out / "checkpoint.pt").read_bytes() == good and load_run(out)["iteration"] == 1
     assert tmp.exists() and json.loads((out / "run.lock").read_text())["pid"] == child.pid
     logged = [json.loads(line)["iteration"] for line in (out / "log.jsonl").open()]
@@ -787,3 +795,43 @@ def test_coco_config_uses_the_files_categories(coco):
         edit_json(coco / "annotations" / f"instances_{split}.json", only_cars)
     cfg = TrainConfig.from_dict({"dataset": "coco", "root": str(coco)}).check()
     assert cfg.class_names() == ("background", "car") and cfg.num_classes() == 2
+
+
+def test_run_stopped_before_its_first_checkpoint_says_how_to_restart(train_root, tmp_path, capsys):
+    """The audit: a refused re-run suggested --resume, which then failed too."""
+    from dgmn_ref.cli import train_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "log.jsonl").write_text('{"iteration": 1, "loss": 2.0}\n')
+    assert train_main(tiny_argv(train_root, out)) == 2
+    assert "it has no checkpoint to resume from: pass --overwrite" in capsys.readouterr().err
+    assert train_main(tiny_argv(train_root, out, "--resume")) == 2
+    assert "stopped before its first checkpoint; start it again with --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert train_main(tiny_argv(train_root, out, "--overwrite")) == 0
+
+
+def test_training_on_coco_with_85_categories(coco, coco_root, tmp_path, capsys):
+    """The audit's ``Target 85 is out of bounds``: the model gets the file's 86 classes."""
+    from dgmn_ref.cli import evaluate_main, train_main
+
+    extra = [{"id": 100 + i, "name": f"thing{i}", "supercategory": ""} for i in range(5)]
+
+    def add_and_use(d):
+        d["categories"].extend(extra)
+        d["annotations"][0]["category_id"] = 104  # label 85: the last class
+
+    for split in ("train2017", "val2017"):
+        edit_json(coco / "annotations" / f"instances_{split}.json", add_and_use)
+    out = tmp_path / "run"
+    argv = tiny_argv(
+        coco, out, "--dataset", "coco", "--train-subset", "2", "--crop-size", "24", "48"
+    )
+    assert train_main(argv) == 0
+    assert load_run(out)["model"]["classifier.weight"].shape[0] == 86
+    capsys.readouterr()
+    assert evaluate_main([str(out), "--root", str(coco_root)]) == 2  # COCO's 80 categories
+    assert "do not fit the model of its config with the data at" in capsys.readouterr().err

@@ -4,6 +4,7 @@ references, and the plot functions draw the artists they promise."""
 from __future__ import annotations
 
 import base64
+import re
 
 import matplotlib
 
@@ -21,7 +22,7 @@ from matplotlib.quiver import Quiver  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dgmn_ref import functional  # noqa: E402
-from dgmn_ref.figures import viz  # noqa: E402
+from dgmn_ref.figures import explore, viz  # noqa: E402
 from dgmn_ref.layer import DGMN  # noqa: E402
 
 
@@ -263,9 +264,9 @@ def test_explorer_widget():
     widgets = pytest.importorskip("ipywidgets")
     data = viz.extract_walks(make_layer((1, 2)), torch.randn(2, 8, 6, 9, dtype=torch.float64))
     images = np.random.default_rng(0).uniform(size=(2, 24, 36, 3))
-    ui = viz.explorer({"a": data, "b": data}, images)
+    ui = viz.explorer({"a": data, "b": data}, images, click=False)  # the PNG fallback
     assert isinstance(ui, widgets.VBox) and "dgmn-explorer" in ui._dom_classes
-    panel, picture = ui.children
+    panel, picture, status = ui.children
     controls = {child.description: child for child in panel.children}
     assert set(controls) >= {"layer", "image", "node row y", "node column x", "rates"}
     assert controls["node row y"].max == 5 and controls["node column x"].max == 8
@@ -288,6 +289,60 @@ def test_explorer_widget():
     assert not plt.get_fignums(), "the explorer must close the figures it renders"
 
 
+def rendered(fig) -> np.ndarray:
+    """The figure as it would be drawn now, ``H W 4`` ints."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return np.asarray(Image.open(buffer)).astype(int)
+
+
+def status_node(status) -> tuple[int, int]:
+    y, x = re.search(r'data-node="(\d+),(\d+)"', status.value).groups()
+    return int(y), int(x)
+
+
+@pytest.mark.parametrize("view", [0, 1, 2])
+def test_explorer_click_selects_the_node_under_the_pointer(view):
+    """ipympl: a click on any of the three pictures picks the node under it; the sliders
+    follow and the figure is redrawn."""
+    pytest.importorskip("ipympl")
+    from matplotlib.backend_bases import MouseEvent
+
+    data = viz.extract_walks(make_layer((1, 2)), torch.randn(2, 8, 6, 9, dtype=torch.float64))
+    images = np.random.default_rng(0).uniform(size=(2, 24, 36, 3))  # 4 image px per node
+    ui = viz.explorer({"a": data}, images, node=(0, 0))
+    panel, canvas, status = ui.children
+    controls = {child.description: child for child in panel.children}
+    assert status_node(status) == (0, 0)
+    before = rendered(canvas.figure)
+    for (row, col), node in [((13.0, 30.0), (3, 7)), ((2.0, 1.0), (0, 0)), ((23.4, 4.2), (5, 1))]:
+        ax = canvas.figure.axes[view]  # each redraw makes new axes
+        x, y = ax.transData.transform((col, row))
+        canvas.callbacks.process(
+            "button_press_event", MouseEvent("button_press_event", canvas, x, y, 1)
+        )
+        assert status_node(status) == node, f"click at image pixel {(row, col)} on view {view}"
+        assert (controls["node row y"].value, controls["node column x"].value) == node
+    after = rendered(canvas.figure)
+    assert (np.abs(after.astype(int) - before).max(-1) > 16).mean() > 0.002
+    # Outside the pictures (the colour bars, the margin) nothing changes.
+    canvas.callbacks.process(
+        "button_press_event", MouseEvent("button_press_event", canvas, 1, 1, 1)
+    )
+    assert status_node(status) == (5, 1)
+    # The sliders stay a keyboard fallback: moving one moves the node.
+    controls["node column x"].value = 2
+    assert status_node(status) == (5, 2)
+    box = [
+        float(v) for v in re.search(r'data-image-box="([^"]+)"', status.value).group(1).split(",")
+    ]
+    assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+
+
 def test_notebook_08_committed_with_its_static_views():
     """nbval only runs cells saved without outputs, so check the outputs were committed: the
     static views must read on GitHub without a kernel."""
@@ -296,7 +351,13 @@ def test_notebook_08_committed_with_its_static_views():
 
     path = Path(__file__).resolve().parents[1] / "notebooks" / "08_explore_walks.ipynb"
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    assert all(c["outputs"] for c in cells[1:]), f"{path.name}: re-execute it (make notebooks)"
+    # The parameters cell (any run, any images) comes first, then the imports; both print nothing.
+    assert "parameters" in cells[0]["metadata"].get("tags", [])
+    assert {"CHECKPOINT =", "IMAGES =", "LAYER ="} <= set(
+        line.split(" = ")[0] + " =" for line in cells[0]["source"] if " = " in line
+    )
+    assert "explore.GALLERY_DPI" in "".join(cells[1]["source"]) and explore.GALLERY_DPI >= 110
+    assert all(c["outputs"] for c in cells[2:]), f"{path.name}: re-execute it (make notebooks)"
     images = sum("image/png" in o.get("data", {}) for c in cells for o in c["outputs"])
     assert images >= 4, f"{path.name}: expected the static figures, found {images} images"
     explorer = [c for c in cells if "viz.explorer(" in "".join(c["source"])]

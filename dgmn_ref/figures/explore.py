@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dgmn_ref.figures.viz import WalkData, dgmn_layers
+from dgmn_ref.figures.walks import WalkData, dgmn_layers
 
 __all__ = [
     "Frames",
@@ -36,6 +36,10 @@ __all__ = [
     "load_frames",
     "beacon_mask",
     "walk_numbers",
+    "gallery_nodes",
+    "node_caption",
+    "gallery_figure",
+    "explore_numbers",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -206,7 +210,7 @@ def walk_numbers(data: WalkData, cue: Tensor, receivers: Tensor | None = None) -
     """Where the walks of eq. (4) lead, per rate: length, and how often they land on the cue.
 
     Args:
-        data: from :func:`dgmn_ref.viz.extract_from_model`, ``b`` images.
+        data: from :func:`dgmn_ref.figures.walks.extract_from_model`, ``b`` images.
         cue: the image pixels that carry the information (e.g. :func:`beacon_mask`), ``b H W``.
         receivers: the receiving nodes to count, as image pixels ``b H W`` (a feature cell is a
             receiver when at least half of its pixels are); None: every node.
@@ -279,25 +283,43 @@ def _central_cell(cells: Tensor) -> tuple[int, int]:
     return divmod(index, width)
 
 
+def gallery_nodes(data: WalkData, frames: Frames, batch: int = 0) -> dict[str, tuple[int, int]]:
+    """One receiving node per :data:`GALLERY_CLASSES` class present in frame ``batch`` (its
+    most covered cell, ties nearest the centre); without labels, the centre of the map."""
+    if frames.labels is None or frames.context is None:
+        height, width = data.size
+        return {"centre": (height // 2, width // 2)}
+    nodes = {}
+    for where in GALLERY_CLASSES:
+        cells = _class_cells(data, frames.labels, frames.context, where, batch)
+        if cells.max() > 0:
+            nodes[where] = _central_cell(cells)
+    return nodes
+
+
 def node_caption(
-    data: WalkData, node: tuple[int, int], cue: Tensor, batch: int = 0, where: str = ""
+    data: WalkData, node: tuple[int, int], cue: Tensor | None, batch: int = 0, where: str = ""
 ) -> str:
-    """One line on what node i's walks did: length, reach, and how many land on the cue."""
-    from dgmn_ref.figures.viz import message_sources
+    """One line on what node i's walks did: length, reach, and how many land on the cue
+    (``b H W``; None: not counted)."""
+    from dgmn_ref.figures.walks import message_sources
 
     y, x = data.check_node(node, batch)
     length = float(data.walks[:, batch, :, :, y, x].norm(dim=2).mean())
     source = message_sources(data, (y, x), batch).abs()
     rows, cols = torch.meshgrid(*(torch.arange(n) for n in data.size), indexing="ij")
     far = torch.maximum((rows - y).abs(), (cols - x).abs()) > 2
+    caption = (
+        f"{where + ', ' if where else ''}node ({y}, {x}): walks of {length:.1f} feature px on "
+        f"average; {float(source[far].sum() / source.sum()):.0%} of its sampling weight is more "
+        "than 2 px away"
+    )
+    if cue is None:
+        return caption
     cue_cells = F.adaptive_max_pool2d(cue[batch][None, None].float(), data.size)[0, 0] > 0
     walked = rearrange(data.walked[:, batch, :, :, y, x], "s k p -> (s k) p")
     on_cue = int(_on_cells(walked, cue_cells).sum())
-    return (
-        f"{where + ', ' if where else ''}node ({y}, {x}): walks of {length:.1f} feature px on "
-        f"average; {float(source[far].sum() / source.sum()):.0%} of its sampling weight is more "
-        f"than 2 px away; {on_cue} of {len(walked)} walked positions on the beacon"
-    )
+    return f"{caption}; {on_cue} of {len(walked)} walked positions on the beacon"
 
 
 def gallery_figure(
@@ -332,7 +354,7 @@ def explore_numbers(
     beacon decides); with ``gallery``, also one PNG per :data:`GALLERY_CLASSES` node of frame
     0 (``<gallery>-<n>.png``, :data:`GALLERY_DPI`) and its caption.
     """
-    from dgmn_ref.figures.viz import extract_from_model
+    from dgmn_ref.figures.walks import extract_from_model
 
     model, cfg = load_model(checkpoint)
     if cfg.dataset != "synthetic":
@@ -356,9 +378,7 @@ def explore_numbers(
     if gallery is not None:
         name, data = next(iter(extract_from_model(model, chosen.images[:1]).items()))
         result["gallery"] = []
-        for n, where in enumerate(GALLERY_CLASSES, 1):
-            cells = _class_cells(data, chosen.labels[:1], chosen.context[:1], where, 0)
-            node = _central_cell(cells)
+        for n, (where, node) in enumerate(gallery_nodes(data, chosen).items(), 1):
             caption = node_caption(data, node, cue[:1], 0, f"frame 0, {where}")
             path = Path(f"{gallery}-{n}.png")
             path.parent.mkdir(parents=True, exist_ok=True)

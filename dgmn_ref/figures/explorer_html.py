@@ -1,16 +1,16 @@
 """The walk explorer as one self-contained HTML page: Figure 4 for every node, no Python needed.
 
 DGMN (Zhang et al., CVPR 2020), sec. 3.3-3.4 and Figure 4. ``dgmn-ref explore-export RUN``
-takes what :func:`dgmn_ref.figures.viz.extract_from_model` extracts from the layer's own forward,
+takes what :func:`dgmn_ref.figures.walks.extract_from_model` extracts from the layer's own forward,
 for every node of every frame, and writes it into one HTML file together with a small
 plain-JavaScript viewer (canvas, no CDN, no network):
 
 * per rate and neighbour j of node i: the uniform position (eq. 3), the walked position
   p + Delta d (eq. 4), the affinity A' (eq. 7) and the norm of the filter w over the G
   groups (eq. 6);
-* per rate and node: the message-source map of :func:`dgmn_ref.figures.viz.message_sources` (eq. 5
+* per rate and node: the message-source map of :func:`dgmn_ref.figures.walks.message_sources` (eq. 5
   before fusion), stored sparse (at most 4K bilinear corners are non-zero), and the mean
-  walk length of :func:`dgmn_ref.figures.viz.mean_walk_length`.
+  walk length of :func:`dgmn_ref.figures.walks.mean_walk_length`.
 
 Arrays are quantised (positions int16, affinities/filter norms/lengths uint8, source weights
 int8 with one scale per node) and base64-encoded inside one JSON block; the viewer sums the
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from dgmn_ref.figures import viz
-from dgmn_ref.figures.viz import WalkData
+from dgmn_ref.figures import viz, walks
+from dgmn_ref.figures.walks import WalkData
 
 __all__ = ["explorer_payload", "explorer_html", "export_explorer"]
 
@@ -94,10 +94,10 @@ def _lut(name: str, low: float = 0.0, high: float = 1.0, n: int = 256) -> list[s
 
 
 def _sources(data: WalkData) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse :func:`viz.message_sources` per rate: pixel indices and weights, ``s b h w m``.
+    """Sparse :func:`~dgmn_ref.figures.walks.message_sources` per rate: indices, weights.
 
-    ``m = 4 K`` slots (each walked neighbour spreads over at most 4 bilinear corners); unused
-    slots hold weight 0.
+    Both ``s b h w m``, ``m = 4 K`` slots (a walked neighbour spreads over at most 4 bilinear
+    corners); unused slots hold weight 0.
     """
     height, width = data.size
     slots = 4 * data.uniform.shape[1]
@@ -107,7 +107,7 @@ def _sources(data: WalkData) -> tuple[np.ndarray, np.ndarray]:
         for b in range(data.batch):
             for y in range(height):
                 for x in range(width):
-                    heat = viz.message_sources(data, (y, x), b, [rate]).flatten()
+                    heat = walks.message_sources(data, (y, x), b, [rate]).flatten()
                     (nonzero,) = torch.nonzero(heat, as_tuple=True)
                     index[s, b, y, x, : len(nonzero)] = nonzero.numpy()
                     weight[s, b, y, x, : len(nonzero)] = heat[nonzero].double().numpy()
@@ -122,7 +122,7 @@ def _layer_payload(name: str, data: WalkData) -> dict[str, Any]:
     node_scale = np.where(bound > 0, bound / 127, 1.0)
     lengths = torch.stack(
         [
-            torch.stack([viz.mean_walk_length(data, b, [rate]) for b in range(data.batch)])
+            torch.stack([walks.mean_walk_length(data, b, [rate]) for b in range(data.batch)])
             for rate in data.rates
         ]
     )  # s b h w
@@ -164,7 +164,7 @@ def explorer_payload(
     """Everything the page shows, as JSON-ready data.
 
     Args:
-        layers: ``{name: WalkData}`` from :func:`dgmn_ref.figures.viz.extract_from_model`.
+        layers: ``{name: WalkData}`` from :func:`dgmn_ref.figures.walks.extract_from_model`.
         pictures: the frames the data came from, ``b H W 3`` uint8.
         names: one caption per frame.
     """
@@ -219,7 +219,7 @@ def export_explorer(
 
     model, cfg = load_model(checkpoint)
     frames = load_frames(cfg, images)
-    layers = viz.extract_from_model(model, frames.images)
+    layers = walks.extract_from_model(model, frames.images)
     if layer is not None:
         if layer not in layers:
             raise ValueError(f"layer: {layer!r} is not a DGMN layer of {checkpoint} {list(layers)}")

@@ -11,7 +11,7 @@ A' (eq. 7) and the group filters w (eq. 6).
   :func:`mean_walk_length`); the names are also this module's, for the notebooks.
 * :func:`plot_neighbourhood`, :func:`plot_message_sources`, :func:`plot_walk_lengths` and
   :func:`plot_node_views` draw them (matplotlib); :func:`explorer` wraps them in
-  ipywidgets for ``notebooks/08_explore_walks.ipynb``.
+  ipywidgets and an ipympl canvas (click a pixel) for ``notebooks/08_explore_walks.ipynb``.
 
 Positions are in feature-map pixels, ``p = 0`` the row (y) and ``p = 1`` the column (x), as
 in :mod:`dgmn_ref.functional`. On an image of size ``H x W`` a feature pixel ``(y, x)`` of an
@@ -335,31 +335,55 @@ def render_png(fig: Figure, dpi: int = 72) -> bytes:
 _REDRAW = threading.Lock()
 
 
+def _image_box(ax: Axes) -> tuple[float, float, float, float]:
+    """Where ``ax`` (drawn, so its aspect is applied) sits in its figure: ``(left, top,
+    right, bottom)`` as fractions of the figure's width and height, from the top left."""
+    fig = ax.figure
+    box = ax.get_window_extent()
+    width, height = fig.bbox.width, fig.bbox.height
+    return (box.x0 / width, 1 - box.y1 / height, box.x1 / width, 1 - box.y0 / height)
+
+
 def explorer(
     layers: Mapping[str, WalkData],
     images: np.ndarray | Sequence[np.ndarray],
     node: tuple[int, int] | None = None,
+    click: bool | None = None,
 ):
-    """An ipywidgets explorer over :func:`plot_node_views`.
+    """An ipywidgets explorer over :func:`plot_node_views`: click a pixel to choose the node.
 
-    Sliders pick the image and the receiving node (row y, column x in feature pixels); a
-    multiple selection toggles the rates; two check boxes toggle the uniform and the
-    walked positions; a drop-down switches between the model's DGMN layers. Every change
-    redraws the figure and replaces the output area's content in one assignment.
+    With ipympl (``click``, the default when it is installed) the figure is a live matplotlib
+    canvas: a click on any of the three pictures selects the feature-map node under the
+    pointer. Sliders pick the image and the receiving node (row y, column x in feature
+    pixels) and follow the click, so the keyboard works too; a multiple selection toggles the
+    rates; two check boxes toggle the uniform and the walked positions; a drop-down switches
+    between the model's DGMN layers. Without ipympl (``click=False``) every change replaces a
+    PNG in an ``Output`` in one assignment.
 
     Args:
         layers: ``{name: WalkData}`` from :func:`extract_from_model` (same batch of images).
         images: ``b H W 3``, the images the data was extracted from.
         node: the initial receiving node (default: the centre).
+        click: use an ipympl canvas (None: when ipympl can be imported).
 
     Returns:
         an ``ipywidgets.VBox`` with CSS class ``dgmn-explorer``: ``children[0]`` the
-        controls (a VBox), ``children[1]`` the figure (an ``Output`` holding one PNG).
+        controls (a VBox), ``children[1]`` the figure (an ipympl ``Canvas``, or an ``Output``
+        holding one PNG), ``children[2]`` the status line (an ``HTML`` whose ``<span>`` has
+        ``data-node="y,x"``, ``data-size="h,w"`` and ``data-image-box``, where the
+        neighbours picture sits in the figure as ``left,top,right,bottom`` fractions).
     """
     import ipywidgets as widgets  # optional dependency (the "notebooks" extra)
 
     if not layers:
         raise ValueError("layers: expected at least one WalkData")
+    if click is None:
+        try:
+            import ipympl  # noqa: F401
+        except ImportError:
+            click = False
+        else:
+            click = True
     names = list(layers)
     first = layers[names[0]]
     height, width = first.size
@@ -403,24 +427,43 @@ def explorer(
         "uniform": widgets.Checkbox(True, description="uniform positions", style=style),
         "walked": widgets.Checkbox(True, description="learned (walked) positions", style=style),
     }
-    picture = widgets.Output()
+    status = widgets.HTML()
+    # A Figure outside pyplot: no global state shared with other callbacks or cells.
+    fig = Figure(figsize=(13, 3.8), dpi=100, layout="constrained")
+    if click:
+        from ipympl.backend_nbagg import Canvas, FigureManager
+
+        picture = Canvas(fig)
+        FigureManager(picture, 0)  # gives the canvas the manager that sends its images
+        picture.header_visible = False
+        picture.toolbar_visible = False  # no pan/zoom mode that would take the clicks
+        picture.resizable = False
+        picture.capture_scroll = False
+    else:
+        picture = widgets.Output()
+    holding = [False]  # True while a click moves both sliders: redraw once, afterwards
 
     def redraw(change=None) -> None:
+        if holding[0]:
+            return
         with _REDRAW:
             draw()
 
+    def current() -> tuple[WalkData, tuple[int, int]]:
+        data = layers[controls["layer"].value]
+        h, w = data.size
+        return data, (min(controls["y"].value, h - 1), min(controls["x"].value, w - 1))
+
     def draw() -> None:
         value = {name: control.value for name, control in controls.items()}
-        data = layers[value["layer"]]
-        h, w = data.size
+        data, chosen_node = current()
         chosen = [rate for rate in value["rates"] if rate in data.rates] or None
         image = value["image"]
         title = f"layer {value['layer'] or '(model)'}, image {image}"
-        # A Figure outside pyplot: no global state shared with other callbacks or cells.
-        fig = Figure(figsize=(15, 3.6), layout="constrained")
+        fig.clear()
         plot_node_views(
             data,
-            (min(value["y"], h - 1), min(value["x"], w - 1)),
+            chosen_node,
             images[image],
             batch=image,
             rates=chosen,
@@ -429,20 +472,53 @@ def explorer(
             title=title,
             fig=fig,
         )
-        png = base64.b64encode(render_png(fig)).decode("ascii")
-        # One assignment replaces the shown figure: no clear_output / display pair that two
-        # quick changes could interleave (stacking figures), no Image-widget blob swap.
-        picture.outputs = (
-            {
-                "output_type": "display_data",
-                "data": {"image/png": png, "text/plain": f"<Figure: {title}>"},
-                "metadata": {},
-            },
+        if click:
+            # Lay out (constrained layout, aspect) for the status line's image box, and ask
+            # the front end to fetch a new image. No draw() here: before the canvas is shown,
+            # ipympl would store that image in a form its front end cannot load.
+            fig.draw_without_rendering()
+            picture.draw_idle()
+        else:
+            png = base64.b64encode(render_png(fig)).decode("ascii")
+            # One assignment replaces the shown figure: no clear_output / display pair that
+            # two quick changes could interleave (stacking figures), no Image-widget swap.
+            picture.outputs = (
+                {
+                    "output_type": "display_data",
+                    "data": {"image/png": png, "text/plain": f"<Figure: {title}>"},
+                    "metadata": {},
+                },
+            )
+        box = ",".join(f"{v:.5f}" for v in _image_box(fig.axes[0]))
+        y, x = chosen_node
+        h, w = data.size
+        hint = "click a picture to choose another node" if click else "use the sliders"
+        status.value = (
+            f'<span class="dgmn-node" data-node="{y},{x}" data-size="{h},{w}" '
+            f'data-image-box="{box}">receiving node (y={y}, x={x}); {hint}</span>'
         )
+
+    def on_click(event) -> None:
+        """A click on a picture: the node under it, through the sliders (one redraw)."""
+        if event.inaxes not in fig.axes[:3] or event.xdata is None:
+            return
+        data, _ = current()
+        h, w = data.size
+        image = np.asarray(images[controls["image"].value])
+        y = int(np.clip((event.ydata + 0.5) * h / image.shape[0], 0, h - 1))
+        x = int(np.clip((event.xdata + 0.5) * w / image.shape[1], 0, w - 1))
+        holding[0] = True
+        try:
+            controls["y"].value, controls["x"].value = y, x
+        finally:
+            holding[0] = False
+        redraw()
 
     for control in controls.values():
         control.observe(redraw, names="value")
+    if click:
+        picture.mpl_connect("button_press_event", on_click)
     redraw()
-    box = widgets.VBox([widgets.VBox(list(controls.values())), picture])
+    box = widgets.VBox([widgets.VBox(list(controls.values())), picture, status])
     box.add_class("dgmn-explorer")
     return box

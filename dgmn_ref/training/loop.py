@@ -337,7 +337,11 @@ def check_training_data(cfg: TrainConfig) -> None:
     require_valid_data(cfg.dataset, root, ["train"])
 
 
-def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str, Any]:
+def open_run(
+    cfg: TrainConfig, device: torch.device, info: DistInfo, resume: bool, overwrite: bool
+) -> Run:
+    """Everything before the first step: check the run folder (and the checkpoint to
+    resume), build the :class:`Run`, restore its state, then write ``config.json``."""
     out = Path(cfg.out)
     if cfg.batch_size % info.world_size:
         raise ValueError(
@@ -361,10 +365,16 @@ def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str
         truncate_log(out, run.start)
         print("config: " + json.dumps(cfg.to_dict(), sort_keys=True))
         (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    return run
+
+
+def _train(cfg, device, info: DistInfo, resume, overwrite, callback) -> dict[str, Any]:
+    run = open_run(cfg, device, info, resume, overwrite)
+    out = run.out
     guard = NonFiniteGuard(device, info.world_size, check_gradients=not run.scaler.is_enabled())
 
     run.net.train()
-    if cfg.freeze_bn:
+    if cfg.freeze_bn:  # running statistics, as when fine-tuning with small batches
         for m in run.net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
