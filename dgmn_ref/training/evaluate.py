@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dgmn_ref.metrics import SegmentationMeter
+from dgmn_ref.training.build import build_dataset
 from dgmn_ref.training.config import TrainConfig
 from dgmn_ref.training.distributed import Shard, autocast, rank_and_world
-from dgmn_ref.training.loop import build_dataset
 
 __all__ = ["eval_file_name", "evaluate", "report_evaluation"]
 

@@ -27,12 +27,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dgmn_ref.data.labels import IGNORE_INDEX
-from dgmn_ref.models import SegmentationModel, load_imagenet_weights
 from dgmn_ref.runlock import RunLock, remove_stale_tmp
+from dgmn_ref.training.build import build_dataset, build_model, build_optimizer, poly_lr
 from dgmn_ref.training.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -59,81 +59,9 @@ from dgmn_ref.training.distributed import (
 from dgmn_ref.training.guard import NonFiniteGuard
 from dgmn_ref.training.integrity import CheckpointError, nonfinite_tensors
 
-__all__ = ["Run", "build_dataset", "build_model", "build_run", "poly_lr", "run_step", "train"]
+__all__ = ["Run", "build_run", "open_run", "run_step", "train"]
 
 Callback = Callable[[int, dict[str, float]], None]
-
-
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
-    r"""Poly decay (Zhao et al., 2017): :math:`lr = lr_0 (1 - i / i_{max})^{p}`.
-
-    Example:
-        >>> poly_lr(0.01, 0, 100), round(poly_lr(0.01, 50, 100), 6), poly_lr(0.01, 100, 100)
-        (0.01, 0.005359, 0.0)
-    """
-    return base_lr * (1 - iteration / max_iterations) ** power
-
-
-def build_model(cfg: TrainConfig) -> SegmentationModel:
-    """The :class:`~dgmn_ref.models.SegmentationModel` of ``cfg`` (ImageNet weights if set)."""
-    model = SegmentationModel(
-        cfg.num_classes(),
-        depth=cfg.depth,
-        width=cfg.width,
-        head_channels=cfg.head_channels,
-        context=cfg.context,
-        variant=cfg.variant,
-        impl=cfg.impl,
-        dropout=cfg.dropout,
-        context_kwargs=({"rates": tuple(cfg.rates)} if cfg.rates else {})
-        | (cfg.context_kwargs or {}),
-    )
-    if cfg.pretrained:
-        load_imagenet_weights(model.backbone, cfg.pretrained)
-    return model
-
-
-def build_dataset(cfg: TrainConfig, split: str) -> Dataset:
-    """Training split with the A.2.2 augmentations, or the evaluation split (untouched).
-
-    ``synthetic`` is the embedded context task in the Cityscapes layout (generated on first
-    use, default root ``data/synthetic_cityscapes``); its evaluation split also returns the
-    context-dependent pixel mask.
-    """
-    from dgmn_ref.data import CityscapesDataset, CocoSemantic, TrainTransform, ensure_synthetic
-
-    train = split == "train"
-    transform = None
-    if train:
-        transform = TrainTransform(
-            crop_size=tuple(cfg.crop_size),
-            scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
-            flip=cfg.flip,
-        )
-    subset = cfg.train_subset if train else cfg.val_subset
-    if cfg.dataset == "coco":
-        return CocoSemantic(
-            cfg.root, f"{split}2017", transform=transform, subset=subset, seed=cfg.seed
-        )
-    root = cfg.root
-    if cfg.dataset == "synthetic":
-        root = ensure_synthetic(root or SYNTHETIC_ROOT)
-    return CityscapesDataset(
-        root,
-        split,
-        transform=transform,
-        subset=subset,
-        return_context=cfg.dataset == "synthetic" and not train,
-        seed=cfg.seed,
-    )
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (A.2.2) or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @dataclasses.dataclass
