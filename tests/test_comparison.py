@@ -17,7 +17,7 @@ def _record(method, lr, val, test, seed=0, scale="96x192", phase="sweep", iterat
         "task": "redundant", "scale": scale, "method": method, "phase": phase, "seed": seed,
         "lr": lr, "iterations": iterations, "layer_kwargs": {"context": "none"},
         "val": metrics, "test": metrics | {"context_accuracy": test}, "curve": [[200, val, 0.5]],
-        "macs": 1e9, "params": 1e5, "s_per_it": 0.1, "peak_mb": 400.0,
+        "macs": 1e9, "params": 1e5, "s_per_it": 0.1, "peak_mb": 400.0, "load_avg": 1.0,
     }  # fmt: skip
 
 
@@ -35,6 +35,9 @@ def test_lr_is_selected_on_val_not_test():
     table = cmp.result_table(records, "redundant", "96x192")
     assert "| Dilated FCN |  | 0.003 | 0,1,2 | 50.0 ± 34.6 | n/a |" in table
     assert "| + Non-local | | | not run |" in table
+    assert "| Dilated FCN |  | 0.003 | 0 | 10.0 | n/a |" in cmp.result_table(
+        records[:3], "redundant", "96x192"
+    )
 
 
 def test_pareto_front():

@@ -137,7 +137,7 @@ def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
         return "n/a"
     mean = statistics.mean(values) * scale
     if len(values) == 1:
-        return f"{mean:.{digits}f} (1 seed)"
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
@@ -149,13 +149,14 @@ def _rates(r: dict) -> str:
 def result_table(records: list[dict], task: str, scale: str) -> str:
     lines = [
         "| method | rates | lr | seeds | test context acc. (%) | vehicle-class acc. (%) "
-        "| test mIoU (%) | val context acc. (%) | MACs (G) | params (k) | s / it | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| test mIoU (%) | val context acc. (%) | MACs (G) | params (k) | s / it | peak MB "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         rs = final_runs(records, task, scale, method)
         if not rs:
-            lines.append(f"| {method} | | | not run | | | | | | | | |")
+            lines.append(f"| {method} | | | not run | | | | | | | | | |")
             continue
         lines.append(
             f"| {method} | {_rates(rs[0])} | {rs[0]['lr']:g} "
@@ -166,11 +167,16 @@ def result_table(records: list[dict], task: str, scale: str) -> str:
             f"| {_pm([r['val']['context_accuracy'] for r in rs])} "
             f"| {rs[0]['macs'] / 1e9:.3f} | {rs[0]['params'] / 1e3:.0f} "
             f"| {statistics.median(r['s_per_it'] for r in rs):.3f} "
-            f"| {max(r['peak_mb'] for r in rs):.0f} |"
+            f"| {max(r['peak_mb'] for r in rs):.0f} "
+            f"| {statistics.median(r['load_avg'] for r in rs):.1f} |"
         )
     its = sorted({r["iterations"] for m in METHODS for r in final_runs(records, task, scale, m)})
     lines.append("")
-    lines.append(f"({task} task, {scale}, {'/'.join(map(str, its))} iterations; test split.)")
+    lines.append(
+        f"({task} task, {scale}, {'/'.join(map(str, its)) or 'no'} iterations; test split; "
+        "mean ± std over the seeds listed; s / it measured inside the run on one thread of a "
+        "shared machine whose 1-minute load average at the run's end is the last column.)"
+    )
     return "\n".join(lines)
 
 
