@@ -245,7 +245,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
                 continue
             for m in priority:
                 add("final", task=task, scale=SMALL, method=m, seed=seed)
-        if task == "redundant" and "+ DGMN DA+DW+DS" in args.methods:
+        if task == "redundant" and "+ DGMN DA+DW+DS" in args.methods and args.ablations:
             for extra in ABLATIONS:
                 add(
                     "ablation",
@@ -340,6 +340,12 @@ def report(records: list[dict]) -> int:
     sections["ablations"] = ablation_table(records)
     at_init = json.loads(ERF_JSON.read_text()) if ERF_JSON.is_file() else None
     sections["erf"] = erf_table(records, at_init)
+    sections["budget"] = (
+        f"{len(records)} runs in results/comparison.json; their training time (evaluation "
+        f"excluded) sums to {sum(r['train_s'] for r in records) / 60:.0f} minutes of wall "
+        f"clock at 1-minute load averages of {min(r['load_avg'] for r in records):.1f}-"
+        f"{max(r['load_avg'] for r in records):.1f} on the 2 cores."
+    )
     for name, body in sections.items():
         _replace(DOCS, name, body)
     _replace(README, "redundant 192x384", sections["redundant 192x384"])
@@ -392,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=SETTINGS["iterations"])
     p.add_argument("--json", type=Path, default=RESULTS)
     p.add_argument("--stop-at", type=float, help="unix time after which no run starts")
+    p.add_argument(
+        "--no-ablations",
+        dest="ablations",
+        action="store_false",
+        help="leave out the item-4 one-change runs",
+    )
     p.add_argument("--run-one", help=argparse.SUPPRESS)
     p.add_argument("--report", action="store_true", help="tables and plots from --json")
     p.add_argument("--erf", action="store_true", help="write results/erf.json")
