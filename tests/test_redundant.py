@@ -72,3 +72,14 @@ def test_dataset_with_test_split_and_oracles(tmp_path):
 def test_bad_task_is_named():
     with pytest.raises(ValueError, match="task: expected one of .*'nope'"):
         renderer("nope")
+
+
+def test_pixel_shares_quoted_in_data_readme():
+    """data/README.md: the context pixels are ~2.5% of the frame, the cue about 30%."""
+    context, cue = [], []
+    sidewalk = NAME_TO_LABEL["sidewalk"].id
+    for s in _scenes(100, (96, 192)):
+        context.append(s.context.mean())
+        cue.append((far_zone(s.context.shape, _side(s)) & (s.label_ids != sidewalk)).mean())
+    assert 0.02 < np.mean(context) < 0.03
+    assert 0.28 < np.mean(cue) < 0.34

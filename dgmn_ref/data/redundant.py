@@ -18,7 +18,7 @@ well-chosen samples suffice. Here the cue is the "weather" of the far end of the
 A context pixel is more than ``(FAR - NEAR) * W`` pixels (Chebyshev, horizontally) from every
 pixel that depends on ``k``, so a view smaller than that is independent of the class: the
 Bayes-optimal local accuracy on context pixels is the prior, 1/3 (proof in data/README.md).
-The cue covers about a sixth of the frame's pixels, so a module that samples far positions
+The cue covers about 30% of the frame's pixels, so a module that samples far positions
 almost anywhere in the far zone reads it.
 """
 
