@@ -36,7 +36,10 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "SegmentationModel",
+    "IMAGENET_WEIGHTS",
+    "TORCHVISION_URL",
     "build_context",
+    "imagenet_weights_path",
     "load_imagenet_weights",
 ]
 
@@ -190,6 +193,40 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+# torchvision's ImageNet-1k weights (IMAGENET1K_V1) of each depth: the file names the configs use
+# (weights/<name> under the repository root), downloaded from TORCHVISION_URL + name.
+IMAGENET_WEIGHTS: dict[int, str] = {
+    18: "resnet18-f37072fd.pth",
+    34: "resnet34-b627a593.pth",
+    50: "resnet50-0676ba61.pth",
+    101: "resnet101-63fe2227.pth",
+    152: "resnet152-394f9c45.pth",
+}
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+def imagenet_weights_path(path: str | Path, depth: int, repo_root: str | Path) -> Path:
+    """The ImageNet weights file ``path``, which must exist (relative: taken from ``repo_root``).
+
+    The configs name ``weights/resnet101-63fe2227.pth`` relative to the repository root (see
+    docs/training.md); a notebook runs in ``notebooks/``, so it passes the root explicitly.
+
+    Raises:
+        FileNotFoundError: no file there; the message names the resolved path, the torchvision
+            file for ``depth`` and the URL it comes from.
+    """
+    resolved = Path(path) if Path(path).is_absolute() else Path(repo_root) / path
+    if not resolved.is_file():
+        name = IMAGENET_WEIGHTS.get(depth)
+        source = (
+            f"ResNet-{depth}'s torchvision ImageNet weights: {name}, from {TORCHVISION_URL}{name}"
+            if name
+            else f"torchvision has no ImageNet weights for ResNet-{depth}"
+        )
+        raise FileNotFoundError(f"ImageNet weights {resolved} not found (from {path!r}); {source}")
+    return resolved
 
 
 def load_imagenet_weights(backbone: ResNet, path: str | Path) -> dict[str, list[str]]:

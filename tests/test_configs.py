@@ -1,0 +1,33 @@
+"""The presets in configs/: each loads and passes TrainConfig's checks; the medium presets are sized
+for one GPU in an afternoon and name torchvision's ImageNet weights file for their depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dgmn_ref.models import IMAGENET_WEIGHTS
+from dgmn_ref.train import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_preset_loads_and_checks(path: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig.from_file(path)
+    cfg.root = str(tmp_path)  # the dataset folders are not here; check() only needs a folder
+    cfg.check()
+    if cfg.pretrained:
+        assert Path(cfg.pretrained) == Path("weights") / IMAGENET_WEIGHTS[cfg.depth], (
+            f"{path.name}: pretrained {cfg.pretrained!r}, not weights/{IMAGENET_WEIGHTS[cfg.depth]}"
+        )
+
+
+@pytest.mark.parametrize("name", ["cityscapes_r101_dgmn_medium.json", "coco_r101_dgmn_medium.json"])
+def test_medium_presets(name: str) -> None:
+    cfg = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.impl == "fast"
+    assert cfg.train_subset is not None and 100 <= cfg.train_subset <= 1000  # a few hundred images
+    assert 1000 <= cfg.iterations <= 10_000  # a few thousand iterations
+    assert cfg.depth == 101 and cfg.pretrained
