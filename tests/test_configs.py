@@ -16,12 +16,16 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_preset_loads_and_checks(path: Path, tmp_path: Path) -> None:
     cfg = TrainConfig.from_file(path)
-    cfg.root = str(tmp_path)  # the dataset folders are not here; check() only needs a folder
-    cfg.check()
     if cfg.pretrained:
         assert Path(cfg.pretrained) == Path("weights") / IMAGENET_WEIGHTS[cfg.depth], (
             f"{path.name}: pretrained {cfg.pretrained!r}, not weights/{IMAGENET_WEIGHTS[cfg.depth]}"
         )
+    # neither the datasets nor the weights are here: check() needs a folder and an existing file
+    cfg.root = str(tmp_path)
+    if cfg.pretrained:
+        cfg.pretrained = str(tmp_path / Path(cfg.pretrained).name)
+        Path(cfg.pretrained).write_bytes(b"")
+    cfg.check()
 
 
 @pytest.mark.parametrize("name", ["cityscapes_r101_dgmn_medium.json", "coco_r101_dgmn_medium.json"])
