@@ -161,3 +161,27 @@ def test_source_listings_are_the_current_code(path: Path) -> None:
             f"{path.name}, code cell {index}: the listing of {names} is not the package's "
             "current source; run `make notebooks`"
         )
+
+
+def test_papermill_medium_mode_without_weights_is_an_error(tmp_path: Path) -> None:
+    """Medium (and full) mode with a weights file that is not there stops at the set-up cell with
+    an error naming the file, torchvision's file for ResNet-101 and its URL; it does not train
+    from scratch."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / "05_train_cityscapes.ipynb"),
+            str(tmp_path / "05_medium.ipynb"),
+            parameters={
+                "MODE": "medium",
+                "ROOT": str(tmp_path),
+                "PRETRAINED": "weights/absent.pth",
+            },
+            cwd=str(NOTEBOOK_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    message = str(error.value)
+    assert "FileNotFoundError" in message and "weights/absent.pth" in message
+    assert "resnet101-63fe2227.pth, from https://download.pytorch.org/models/" in message
