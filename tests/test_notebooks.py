@@ -102,6 +102,7 @@ def test_training_notebooks_have_a_papermill_parameters_cell() -> None:
         )
 
 
+@pytest.mark.slow
 def test_papermill_runs_05_in_smoke_mode(tmp_path: Path) -> None:
     """`papermill notebooks/05_train_cityscapes.ipynb OUT -p MODE smoke -p ITERATIONS 2`: the
     injected values reach the run (2 iterations, not the preset's 20) and no cell fails."""
@@ -163,6 +164,7 @@ def test_source_listings_are_the_current_code(path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_papermill_medium_mode_without_weights_is_an_error(tmp_path: Path) -> None:
     """Medium (and full) mode with a weights file that is not there stops at the set-up cell with
     an error naming the file, torchvision's file for ResNet-101 and its URL; it does not train
