@@ -124,7 +124,7 @@ def test_gradcheck_dynamic_message():
     "c,out,ks,rate,bias",
     [
         (40, 7, 3, 1, True),  # K o = 63 <= 4 c: project first
-        (8, 40, 3, 2, True),  # sample first, one neighbour at a time
+        (8, 40, 3, 2, True),  # sample first (all K at once: a small map)
         (12, 5, 5, 3, False),  # K o = 125 > 4 c = 48: sample first
         (64, 10, 5, 1, False),  # K o = 250 <= 256: project first, 25 neighbours
     ],
@@ -142,6 +142,28 @@ def test_neighbourhood_conv_equals_reference(dtype, c, out, ks, rate, bias):
     got = outputs_and_grads(run(fast), inputs)
     tol = TOLERANCE[dtype] * (4 if dtype == torch.float32 else 1)  # sums over K c terms
     assert_all_close(got, want, tol, "neighbourhood_conv (out, dh, dwalks, dW, db)")
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 9])  # neighbours sampled at once (K = 9)
+def test_neighbourhood_conv_sample_first_in_chunks_equals_reference(monkeypatch, per_chunk):
+    """Sample first in chunks of neighbours: recomputed in backward unless all K fit."""
+    b, c, height, width, out = 2, 8, 5, 6, 40  # K o = 360 > 4 c: sample first
+    h, walks, _, _ = message_inputs(b, c, height, width, 1, 3, torch.float64, seed=12)
+    monkeypatch.setattr(fast, "SAMPLE_BYTES", per_chunk * b * c * height * width * 8)
+    g = generator(13)
+    inputs = [h, walks, torch.randn(out, c, 3, 3, generator=g, dtype=torch.float64)]
+    inputs.append(torch.randn(out, generator=g, dtype=torch.float64))
+
+    def run(ops):
+        return lambda h, walks, weight, bias: ops.neighbourhood_conv(h, walks, 2, weight, bias)
+
+    recomputed = []
+    original = fast._checkpointed
+    monkeypatch.setattr(fast, "_checkpointed", lambda *a: recomputed.append(1) or original(*a))
+    got = outputs_and_grads(run(fast), inputs)
+    assert len(recomputed) == (0 if per_chunk == 9 else -(-9 // per_chunk))
+    want = outputs_and_grads(run(D), inputs)
+    assert_all_close(got, want, TOLERANCE[torch.float64], "neighbourhood_conv in chunks")
 
 
 @pytest.mark.parametrize("c,out", [(10, 2), (2, 5)])  # project first / sample first
