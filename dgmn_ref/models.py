@@ -274,7 +274,7 @@ def build_context(
     name: str,
     channels: int,
     variant: str = "da_dw_ds",
-    impl: str = "fast",
+    impl: str = "auto",
     **overrides: Any,
 ) -> nn.Module:
     """The context module of a Table 1a row, ``b C h w -> b C h w``.
@@ -285,7 +285,8 @@ def build_context(
             (deformable message passing, sec. 4.1).
         channels: C (512 in the paper).
         variant: a :data:`dgmn_ref.variants.PAPER_VARIANTS` name (``dgmn`` only).
-        impl: ``"fast"`` or ``"reference"`` message kernels (``dgmn`` / ``deformable``).
+        impl: ``"auto"`` (the faster kernels for the map's size), ``"fast"`` or
+            ``"reference"`` message kernels (``dgmn`` / ``deformable``).
         overrides: keyword arguments of the module, e.g. ``rates=(1, 2)`` or ``groups=2``.
     """
     if name == "none":
@@ -314,7 +315,7 @@ class SegmentationModel(nn.Module):
         head_channels: channels of the 3x3 conv-BN-ReLU after the backbone (512).
         context: one of :data:`CONTEXTS`.
         variant: DGMN variant name (``context="dgmn"``).
-        impl: message-kernel implementation (``"fast"`` falls back to ``"reference"``).
+        impl: message-kernel implementation (``"auto"``, ``"fast"`` or ``"reference"``).
         dropout: dropout before the classifier (0.1, as in PSPNet / CCNet heads).
         context_kwargs: extra keyword arguments of the context module.
 
@@ -333,7 +334,7 @@ class SegmentationModel(nn.Module):
         head_channels: int = 512,
         context: str = "dgmn",
         variant: str = "da_dw_ds",
-        impl: str = "fast",
+        impl: str = "auto",
         dropout: float = 0.1,
         output_stride: int = 8,
         context_kwargs: dict[str, Any] | None = None,

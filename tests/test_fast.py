@@ -315,3 +315,52 @@ def test_fast_peak_memory_stays_below_bound():
     # measured 9.6 maps for fast, 66 for the reference; saving one K-expanded tensor
     # alone would add 9
     assert maps < 18, f"fast dynamic_message peaks at {maps:.1f} b c h w maps"
+
+
+# ------------------------------------------------------------------- impl="auto"
+def test_auto_resolves_by_the_number_of_elements_of_the_map():
+    from dgmn_ref import layer
+
+    small = torch.zeros(1, 1, 1, layer.AUTO_FAST_MIN_ELEMENTS - 1)
+    large = torch.zeros(1, 1, 1, layer.AUTO_FAST_MIN_ELEMENTS)
+    assert layer.resolve_impl("auto", small) == "reference"
+    assert layer.resolve_impl("auto", large) == "fast"
+    assert layer.resolve_impl("reference", large) == "reference"
+    assert layer.resolve_impl("fast", small) == "fast"
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        layer.resolve_impl("fastest", small)
+    with pytest.raises(ValueError, match="resolve_impl"):
+        layer.message_ops("auto")
+
+
+@pytest.mark.parametrize("fast_side", [False, True])
+def test_auto_layer_runs_the_chosen_kernels_and_equals_the_reference(monkeypatch, fast_side):
+    from dgmn_ref import layer
+
+    x = torch.randn(2, 8, 5, 6, generator=generator(21), dtype=torch.float64)
+    threshold = x.numel() + (0 if fast_side else 1)
+    monkeypatch.setattr(layer, "AUTO_FAST_MIN_ELEMENTS", threshold)
+    calls = []
+    original = fast.gather_sum
+    monkeypatch.setattr(fast, "gather_sum", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    auto = perturbed(DGMN(8, rates=(1, 2), impl="auto").double())
+    reference = perturbed(DGMN(8, rates=(1, 2), impl="reference").double())
+    reference.load_state_dict(auto.state_dict())
+    got = outputs_and_grads(auto, [x])
+    assert bool(calls) == fast_side  # fast kernels exactly when b c h w >= the threshold
+    want = outputs_and_grads(reference, [x])
+    assert_all_close(got, want, TOLERANCE[torch.float64], "DGMN(impl='auto')")
+
+
+def test_training_and_every_config_use_the_default_impl():
+    import json
+    from pathlib import Path
+
+    from dgmn_ref.training.config import TrainConfig
+
+    assert TrainConfig().impl == "auto"
+    configs = sorted(Path(__file__).parents[1].glob("configs/*.json"))
+    assert configs
+    for path in configs:
+        assert "impl" not in json.loads(path.read_text()), f"{path.name} picks impl by hand"
