@@ -29,8 +29,11 @@ def test_compiled_is_an_impl_with_the_reference_signatures():
     for name in ("predict_walks", "split_filters_affinities", "normalise_affinity"):
         assert getattr(compiled, name) is getattr(D, name)
     assert "messages_compiled" in bench.CASES and "messages_compiled" not in bench.DEFAULT_CASES
-    with pytest.raises(ValueError, match="rate"):  # checked before compiling anything
-        compiled.dynamic_message(*[torch.zeros(1)] * 4, 0)
+    # the arguments are checked before anything is compiled, with the reference's messages
+    with pytest.raises(ValueError, match="h: expected 4 dimensions"):
+        compiled.dynamic_message(*[torch.zeros(1)] * 4, 1)
+    with pytest.raises(ValueError, match="rate"):
+        compiled.neighbourhood_conv(torch.zeros(1, 2, 3, 3), torch.zeros(1, 9, 2, 3, 3), 0, None)
 
 
 @COMPILE
