@@ -300,7 +300,9 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--settings", nargs="+", default=None, help="model: embedded, paper (default embedded)"
     )
-    parser.add_argument("--profile", action="store_true", help="model: top operators per case")
+    parser.add_argument(
+        "--profile", action="store_true", help="top operators of one more step per case"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
         "--tables",

@@ -38,6 +38,14 @@ def test_run_case_reports_median_min_max_load_and_peak():
     assert not math.isnan(result["peak_mb"])  # Linux: /proc/self/clear_refs
 
 
+def test_run_case_profile_lists_the_top_operators():
+    result = bench.run_case("floor", size=6, channels=8, repeats=1, profile=True)
+    ops = result["top_ops"]
+    assert ops and any("conv" in op["op"] for op in ops)
+    shares = [op["share"] for op in ops]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+
+
 def test_a_load_above_the_thread_count_is_flagged():
     assert bench.is_loaded([2.5, 1, 1], [1.0, 1, 1], threads=2)
     assert bench.is_loaded([1.0, 1, 1], [2.1, 1, 1], threads=2)

@@ -237,6 +237,29 @@ def summarise(runs: Sequence[float], prefix: str) -> dict:
     }
 
 
+def top_ops(step, rows: int = 12) -> list[dict]:
+    """The operators of one call of ``step`` with the most self time (CPU, plus CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    return [
+        {
+            "op": e.key,
+            "self_cpu_s": e.self_cpu_time_total / 1e6,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count,
+        }
+        for e in ranked
+    ]
+
+
 def run_case(
     case: str,
     size: int,
@@ -246,6 +269,7 @@ def run_case(
     device: str = "cpu",
     autocast: str = "none",
     width: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """Measure one case on a ``size x width`` map in this process (fresh ones: clean peaks).
 
@@ -280,9 +304,11 @@ def run_case(
     fwd()
     fwd_runs = [_timed(fwd, dev) for _ in range(repeats)]
     fwd_bwd_runs = [_timed(fwd_bwd, dev) for _ in range(repeats)]
+    top = top_ops(fwd_bwd) if profile else None
     load_end = load_average()
     threads = torch.get_num_threads()
     return {
+        **({"top_ops": top} if top else {}),
         "case": case,
         "size": size,
         "width": width,
@@ -403,6 +429,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 device=args.device,
                 autocast=args.autocast,
                 threads=args.threads,
+                profile=args.profile,
             )
             result = _too_big(spec) or run_isolated(spec, args.timeout)
             results.append(result)

@@ -83,29 +83,6 @@ def build_step(setting: str, context: str, device: str = "cpu", amp: str = "none
     return model, step
 
 
-def top_ops(step, rows: int = 12) -> list[dict]:
-    """The operators of one step with the most self time (CPU, plus CUDA when present)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
-        step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1
-    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-    return [
-        {
-            "op": e.key,
-            "self_cpu_s": e.self_cpu_time_total / 1e6,
-            "share": e.self_cpu_time_total / total,
-            "calls": e.count,
-        }
-        for e in ranked
-    ]
-
-
 def run_step_case(
     setting: str,
     context: str,
@@ -135,7 +112,7 @@ def run_step_case(
         "amp": amp,
     }
     if profile:
-        result["top_ops"] = top_ops(step)
+        result["top_ops"] = bench.top_ops(step)
     result["load_start"], result["load_end"] = load_start, bench.load_average()
     loaded = bench.is_loaded(load_start, result["load_end"], result["threads"])
     result["loaded"] = loaded and dev.type == "cpu"

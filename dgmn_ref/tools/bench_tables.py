@@ -14,7 +14,7 @@ runs on the committed files.
 
 Kinds: ``machine`` (one line: CPU, threads, torch, date, load), ``cases`` (block cases:
 median [min-max] of forward and forward + backward, peak, load), ``goals`` (the goal
-ratios), ``model`` (training steps), ``profile`` (the top operators of each training step).
+ratios), ``model`` (training steps), ``profile`` (the top operators of each profiled case).
 Filters: ``cases=a,b`` (case or context names), ``at=C=512_97x97`` (cases or goals at one
 point, ``_`` for the space), ``top=N`` (profile rows per case).
 A case or goal measured under load above its thread count is marked with a *.
@@ -161,14 +161,15 @@ def _model(report: dict, options: dict) -> str:
 def _profile(report: dict, options: dict) -> str:
     top = int(options.get("top", 6))
     wanted = options.get("cases")
-    rows = ["| setting | context | operator | self s | share |", "|---|---|---|---:|---:|"]
+    rows = ["| case | at | operator | self s | share |", "|---|---|---|---:|---:|"]
     for r in report["results"]:
-        if "top_ops" not in r or (wanted and r["context"] not in wanted):
+        name = r.get("context") or r.get("case")
+        if "top_ops" not in r or (wanted and name not in wanted):
             continue
+        at = r.get("setting") or _label(r)
         for op in r["top_ops"][:top]:
             rows.append(
-                f"| {r['setting']} | {r['context']} | `{op['op']}` | {op['self_cpu_s']:.3f} "
-                f"| {op['share']:.0%} |"
+                f"| {name} | {at} | `{op['op']}` | {op['self_cpu_s']:.3f} | {op['share']:.0%} |"
             )
     return "\n".join(rows)
 
