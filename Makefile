@@ -9,7 +9,7 @@ TESTENV := HOME=$(CURDIR)/.cache/home MPLCONFIGDIR=$(CURDIR)/.cache/mpl \
 	JUPYTER_RUNTIME_DIR=$(CURDIR)/.cache/jupyter-runtime IPYTHONDIR=$(CURDIR)/.cache/ipython \
 	JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1 MPLBACKEND=Agg
 
-.PHONY: venv lab test unit notebooks-test browser-test notebooks lint data clean
+.PHONY: gpu-check venv lab test unit notebooks-test browser-test notebooks lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,8 @@ notebooks: venv
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info
+
+# On a GPU machine: equality on CUDA, block benchmarks, training speed (scripts/gpu_check.py);
+# writes benchmarks/results-gpu-<date>.json and .md. About 8 minutes on one GPU.
+gpu-check: venv
+	PYTHON=$(BIN)/python scripts/gpu_check.sh

@@ -23,11 +23,6 @@ _EXPORTS: dict[str, str] = {
     "PAPER_VARIANTS": "dgmn_ref.variants",
     "variant_kwargs": "dgmn_ref.variants",
 }
-# the notebooks' ``from dgmn_ref import plotting, viz``: the figure modules
-_MODULES: dict[str, str] = {
-    "plotting": "dgmn_ref.figures.plotting",
-    "viz": "dgmn_ref.figures.viz",
-}
 __all__ = [
     "DGMN",
     "DynamicMessageCalculation",
@@ -47,15 +42,12 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _MODULES:
-        value = importlib.import_module(_MODULES[name])
-    else:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'dgmn_ref' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS, *_MODULES])
+    return sorted([*globals(), *_EXPORTS])

@@ -21,7 +21,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from dgmn_ref import functional
-from dgmn_ref.layer import MessageFusion, message_ops
+from dgmn_ref.layer import MessageFusion, check_impl, message_ops, resolve_impl
 
 __all__ = ["NonLocal2d", "NonLocalHead", "DeformableMessagePassing", "ASPP", "conv_bn_relu"]
 
@@ -112,8 +112,7 @@ class DeformableMessagePassing(nn.Module):
         super().__init__()
         self.rates = tuple(functional.check_rate(r) for r in rates)
         ks = functional.check_kernel_size(kernel_size)
-        message_ops(impl)
-        self.impl = impl
+        self.impl = check_impl(impl)
         self.walk_convs = nn.ModuleList(
             nn.Conv2d(channels, 2 * ks * ks, ks, padding=r * (ks // 2), dilation=r)
             for r in self.rates
@@ -129,7 +128,7 @@ class DeformableMessagePassing(nn.Module):
         self.fusion = MessageFusion(channels, len(self.rates), fusion)
 
     def forward(self, f: Tensor) -> Tensor:
-        ops = message_ops(self.impl)
+        ops = message_ops(resolve_impl(self.impl, f))
         messages = []
         for rate, walk_conv, kernel in zip(self.rates, self.walk_convs, self.kernels, strict=True):
             walks = functional.predict_walks(f, walk_conv.weight, walk_conv.bias, rate)

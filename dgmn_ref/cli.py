@@ -258,19 +258,30 @@ def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dgmn-ref bench",
         description="Time and peak memory of DGMN (reference and fast) against Non-local, "
-        "ASPP and a static depthwise floor; see docs/benchmarks.md.",
+        "ASPP and a static depthwise floor, or of whole training steps (--mode model); "
+        "--tables regenerates the published tables. See docs/benchmarks.md.",
     )
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--mode", choices=("block", "model"), default="block")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        help=f"block: some of {', '.join(CASES)}; model: some of fcn, nonlocal, dgmn",
+    )
     parser.add_argument(
         "--sizes",
         nargs="+",
-        type=int,
-        default=[48, 97, 145, 193],
-        help="map sizes H = W (default: the paper's 97 and the sweep)",
+        default=["48", "97", "145", "193"],
+        help="block: points H, HxW or C:HxW, e.g. 97 12x24 16:12x24 (default 48 97 145 193)",
     )
-    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--channels", type=int, default=512, help="C where a point has none")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs after a warm-up")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs after a warm-up (block: 5; model: 5 embedded, 2 paper)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
@@ -278,7 +289,7 @@ def bench_parser() -> argparse.ArgumentParser:
         "--reference-max-size",
         type=int,
         default=97,
-        help="skip the reference cases above this size (they take minutes)",
+        help="skip the reference cases where a side exceeds this (they take minutes)",
     )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     parser.add_argument(
@@ -286,38 +297,83 @@ def bench_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="C = 64, sizes 24 and 32, 2 repeats: a smoke test in seconds",
     )
+    parser.add_argument(
+        "--settings", nargs="+", default=None, help="model: embedded, paper (default embedded)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="top operators of one more step per case"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--tables",
+        nargs="*",
+        default=None,
+        metavar="FILE",
+        help="measure nothing: regenerate the bench tables in FILE (default README.md "
+        "docs/benchmarks.md) from the committed JSON their markers name",
+    )
+    parser.add_argument(
+        "--check-tables", action="store_true", help="with --tables: exit 1 if one is stale"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
 
-def bench_main(argv: Sequence[str] | None = None) -> int:
-    """``dgmn-ref bench``: returns the exit status."""
+def _check_bench_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject bad values with a message naming them (exit status 2); fill the defaults."""
     import torch
 
-    from dgmn_ref.tools.bench import run_bench
+    from dgmn_ref.tools.bench import CASES, DEFAULT_CASES, parse_point
+    from dgmn_ref.tools.bench_model import CONTEXTS, SETTINGS
 
-    parser = bench_parser()
-    args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    for name in ("sizes", "channels", "batch", "repeats", "threads", "reference_max_size"):
+    for name in ("channels", "batch", "repeats", "threads", "reference_max_size"):
         value = getattr(args, name)
-        if min(value if isinstance(value, list) else [value]) < 1:
+        if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected ints >= 1, got {value}")
     if args.channels % 4:
         parser.error(f"--channels: expected a multiple of 4 (DGMN's groups), got {args.channels}")
     if not args.timeout > 0:
         parser.error(f"--timeout: expected seconds > 0, got {args.timeout}")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
         parser.error(f"--device: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    choices = CASES if args.mode == "block" else tuple(CONTEXTS)
+    args.cases = args.cases or list(DEFAULT_CASES if args.mode == "block" else choices)
+    unknown = [c for c in args.cases if c not in choices]
+    if unknown:
+        parser.error(f"--cases ({args.mode}): expected some of {', '.join(choices)}, got {unknown}")
+    if args.mode == "model":
+        args.settings = args.settings or ["embedded"]
+        unknown = [s for s in args.settings if s not in SETTINGS]
+        if unknown:
+            parser.error(f"--settings: expected some of {', '.join(SETTINGS)}, got {unknown}")
+        return
+    args.repeats = 5 if args.repeats is None else args.repeats
     if args.quick:
-        args.channels, args.sizes, args.repeats = 64, [24, 32], 2
-        args.reference_max_size = max(args.sizes)
+        args.channels, args.sizes, args.repeats = 64, ["24", "32"], 2
+        args.reference_max_size = 32
+    try:
+        args.points = [parse_point(token, args.channels) for token in args.sizes]
+    except ValueError as error:
+        parser.error(f"--sizes: {error}")
+    odd = [c for c, _, _ in args.points if c % 4]
+    if odd:
+        parser.error(f"--sizes: expected channels that are a multiple of 4 (groups), got {odd}")
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``dgmn-ref bench``: returns the exit status (2 for invalid arguments)."""
+    from dgmn_ref.tools.bench import run_bench
+
+    parser = bench_parser()
+    args = parser.parse_args(argv)
+    if args.worker is None and args.tables is None:
+        _check_bench_args(parser, args)
     return run_bench(args)
 
 

@@ -26,9 +26,10 @@ sum_f beta_f (W_k h)_f``: when the projected map ``W_k h`` for all k is no wider
 (``K * o <= 4 c``, the case of DGMN's filter/affinity predictor: K o = 9 * 45 = 405 for
 c = 512 at G = 4)
 we project first with one matrix product and sample the ``o``-wide rows. Otherwise
-(e.g. the deformable baseline, o = c) we sample first, one neighbour at a time under
+(e.g. the deformable baseline, o = c) we sample first, as many neighbours at once as fit
+in :data:`SAMPLE_BYTES`: on a large map one at a time under
 :func:`torch.utils.checkpoint.checkpoint`, so only one ``b c h w`` sample is alive at once
-and none is saved.
+and none is saved; on a small map all K in one kernel (fewer, larger kernels win there).
 
 Axis letters as in :mod:`dgmn_ref.functional`, plus ``f``: the four bilinear corners
 (top-left, top-right, bottom-left, bottom-right).
@@ -141,6 +142,9 @@ class GatherSum(torch.autograd.Function):
 # neighbourhood_conv projects first while the K projected maps are at most this many
 # times as wide as h (the projection is what autograd keeps; K = 9 would be the reference)
 PROJECT_FIRST_WIDTH = 4
+
+# neighbourhood_conv's sample-first branch samples as many neighbours at once as fit here
+SAMPLE_BYTES = 2**22
 
 # Work on blocks of nodes whose gathered rows take about this many bytes (cache-sized).
 BLOCK_BYTES = 2**21
@@ -284,13 +288,20 @@ def _check_conv_args(h: Tensor, walks: Tensor, weight: Tensor, bias: Tensor | No
 
 
 def _sample_project(table: Tensor, index: Tensor, beta: Tensor, kernel: Tensor) -> Tensor:
-    """One neighbour of eq. (6), sample first: ``(sum_f beta_f h_f) W_k^T``, ``(b h w) o``.
+    """A chunk of j neighbours of eq. (6), sample first: ``sum_k (sum_f beta_f h_f) W_k^T``.
 
-    ``table`` is h as ``(b h w) 1 c`` rows, ``index`` / ``beta`` the ``(b h w) f`` /
-    ``(b h w) 1 f`` corners of this neighbour, ``kernel`` its ``o c`` matrix.
+    ``table`` is h as ``(b h w) 1 c`` rows, ``index`` / ``beta`` the ``(b h w) j f`` /
+    ``(b h w) j f`` corners of these neighbours, ``kernel`` their ``j o c`` matrices.
+    Returns ``(b h w) o``; the ``(b h w) j c`` samples exist only inside this call.
     """
-    sample = rearrange(gather_sum(table, index, beta), "n 1 c -> n c")
-    return einsum(sample, kernel, "n c, o c -> n o")
+    j = index.shape[1]
+    samples = gather_sum(
+        table,
+        rearrange(index, "n j f -> (n j) f"),
+        rearrange(beta, "n j f -> (n j) 1 f"),
+    )
+    samples = rearrange(samples, "(n j) 1 c -> n j c", j=j)
+    return einsum(samples, kernel, "n j c, j o c -> n o")
 
 
 def neighbourhood_conv(
@@ -303,7 +314,8 @@ def neighbourhood_conv(
 
     Project first (one matrix product to the ``K * o`` projected rows, then one
     embedding_bag of ``4 K`` rows per node) when ``K * o <= 4 c``; otherwise sample first,
-    one neighbour at a time, recomputed in backward (:func:`torch.utils.checkpoint`).
+    as many neighbours at a time as fit in :data:`SAMPLE_BYTES` (one on a large map),
+    recomputed in backward (:func:`torch.utils.checkpoint`).
     Either way nothing ``b k c h w`` is built or saved. See
     :func:`dgmn_ref.functional.neighbourhood_conv` for the arguments.
 
@@ -331,13 +343,19 @@ def neighbourhood_conv(
         )
         out = rearrange(out, "n 1 o -> n o")
     else:
+        # sample first, as many neighbours at once as fit in SAMPLE_BYTES (all K on a small
+        # map: few large kernels; one at a time on a large one: one b c h w sample alive)
         table = rearrange(h, "b c h w -> (b h w) 1 c")
-        rows = rearrange(rows, "b k f h w -> k (b h w) f")
-        taps = rearrange(beta, "b k f h w -> k (b h w) 1 f")
+        rows = rearrange(rows, "b k f h w -> (b h w) k f")
+        taps = rearrange(beta, "b k f h w -> (b h w) k f")
+        chunk = max(1, min(k, SAMPLE_BYTES // max(1, table.numel() * h.element_size())))
+        # recomputed in backward unless all K samples fit in SAMPLE_BYTES (then kept)
+        recompute = torch.is_grad_enabled() and chunk < k
+        term = _checkpointed if recompute else _sample_project
         out = 0
-        for j in range(k):
-            term = _checkpointed if torch.is_grad_enabled() else _sample_project
-            out = out + term(table, rows[j], taps[j], kernel[j])
+        for j in range(0, k, chunk):
+            part = slice(j, j + chunk)
+            out = out + term(table, rows[:, part], taps[:, part], kernel[part])
     if bias is not None:
         out = out + bias.to(out.dtype)
     return rearrange(out, "(b h w) o -> b o h w", b=b, h=height, w=width)

@@ -25,12 +25,44 @@ __all__ = [
     "MessageFusion",
     "RateOptions",
     "RateState",
+    "AUTO_FAST_MIN_ELEMENTS",
+    "check_impl",
+    "resolve_impl",
     "IMPLS",
+    "EXPERIMENTAL_IMPLS",
     "FUSIONS",
 ]
 
-IMPLS = ("reference", "fast")
+IMPLS = ("reference", "fast", "auto")
+# accepted by every impl argument but not offered by training or iterated by the scripts:
+# torch.compile of the reference takes minutes per new shape on a CPU (dgmn_ref.compiled)
+EXPERIMENTAL_IMPLS = ("compiled",)
 FUSIONS = ("concat", "sum", "residual")
+
+# impl="auto" runs the fast kernels from this many elements of the input map b c h w on, the
+# reference below: on small maps a few large einsum kernels beat the fast path's many small
+# ones. In benchmarks/results-cpu-blocks.json (docs/benchmarks.md) the fast block was slower
+# at C = 16 on 12 x 24 and 24 x 48 (4608 and 18432 elements) and faster from C = 32 on
+# 24 x 48 (36864) on.
+AUTO_FAST_MIN_ELEMENTS = 2**15
+
+
+def resolve_impl(impl: str, h: Tensor) -> str:
+    """``"reference"`` or ``"fast"``: ``impl`` itself, or for ``"auto"`` the faster one for h.
+
+    The rule of ``"auto"``: fast when ``h.numel() >= AUTO_FAST_MIN_ELEMENTS`` (b c h w),
+    the reference otherwise. Both compute the same numbers (tests/test_fast.py).
+    """
+    if impl == "auto":
+        return "fast" if h.numel() >= AUTO_FAST_MIN_ELEMENTS else "reference"
+    return check_impl(impl)
+
+
+def check_impl(impl: str) -> str:
+    """``impl`` if it is one of :data:`IMPLS`; ValueError naming it otherwise."""
+    if impl not in IMPLS + EXPERIMENTAL_IMPLS:
+        raise ValueError(f"impl: expected one of {IMPLS + EXPERIMENTAL_IMPLS}, got {impl!r}")
+    return impl
 
 
 def message_ops(impl: str) -> ModuleType:
@@ -40,7 +72,9 @@ def message_ops(impl: str) -> ModuleType:
 
     ``"reference"`` is :mod:`dgmn_ref.functional` (einops, materialises the K sampled
     neighbours: easy to read); ``"fast"`` is :mod:`dgmn_ref.fast` (same signatures,
-    tested equal, never materialises the K-expanded tensor).
+    tested equal, never materialises the K-expanded tensor); ``"compiled"`` is
+    :mod:`dgmn_ref.compiled` (the reference through ``torch.compile``). ``"auto"`` is
+    resolved per input by :func:`resolve_impl` first.
     """
     if impl == "reference":
         return functional
@@ -48,7 +82,13 @@ def message_ops(impl: str) -> ModuleType:
         from dgmn_ref import fast
 
         return fast
-    raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    if impl == "compiled":  # the reference through torch.compile (minutes per new shape)
+        from dgmn_ref import compiled
+
+        return compiled
+    if impl == "auto":
+        raise ValueError("impl: 'auto' depends on the input; call resolve_impl(impl, h) first")
+    raise ValueError(f"impl: expected one of {IMPLS + EXPERIMENTAL_IMPLS}, got {impl!r}")
 
 
 class RateState(NamedTuple):
@@ -79,7 +119,8 @@ class RateOptions:
       layer) or ``"sigmoid"`` (the released code's unconfigured ``Cat*`` classes).
     * ``walk_init``: ``"zero"`` (start from uniform sampling) or ``"default"`` (PyTorch's
       init, as the released code).
-    * ``impl``: ``"reference"`` (einops, readable) or ``"fast"`` (:mod:`dgmn_ref.fast`).
+    * ``impl``: ``"reference"`` (einops, readable), ``"fast"`` (:mod:`dgmn_ref.fast`) or
+      ``"auto"`` (the faster of the two for the input's size, :func:`resolve_impl`).
     * ``bias``: biases on the walk conv and the predictor (eq. 4 and 6 have them); the
       released code has none (``bias=False``).
     * ``affinity_from_filters``: a bug of the released code, reproduced for fidelity and
@@ -132,7 +173,7 @@ class RateOptions:
                 f"dynamic_affinity=True, got dynamic_weights={self.dynamic_weights}, "
                 f"dynamic_affinity={self.dynamic_affinity}"
             )
-        message_ops(self.impl)
+        check_impl(self.impl)
         return self
 
 
@@ -192,7 +233,7 @@ class DynamicMessageCalculation(nn.Module):
 
     @impl.setter
     def impl(self, impl: str) -> None:
-        message_ops(impl)
+        check_impl(impl)
         self.options = dataclasses.replace(self.options, impl=impl)
 
     def extra_repr(self) -> str:
@@ -204,7 +245,7 @@ class DynamicMessageCalculation(nn.Module):
         )
 
     def forward(self, h: Tensor) -> RateState:
-        ops = message_ops(self.impl)
+        ops = message_ops(resolve_impl(self.impl, h))
         b, _, height, width = h.shape
         k = self.num_neighbours
         if self.walk_conv is not None:
@@ -321,7 +362,8 @@ class DGMN(nn.Module):
         **options: the switches of every rate, :class:`RateOptions`: ``groups`` (G),
             ``kernel_size`` (ks), ``dynamic_affinity`` / ``dynamic_weights`` /
             ``dynamic_sampling`` (DA / DW / DS), ``filter_norm``, ``affinity_norm``,
-            ``walk_init``, ``impl`` (``"reference"`` or ``"fast"``), ``bias``.
+            ``walk_init``, ``impl`` (``"reference"``, ``"fast"`` or ``"auto"``: the
+            faster of the two for the input's size, :func:`resolve_impl`), ``bias``.
         released_att4_bug: reproduce a bug of the released code (off by default): the 4th
             rate takes its affinity from its filter logits (``dynamic_weight.py`` line 721),
             see :class:`DynamicMessageCalculation`. Needs at least 4 rates.
@@ -378,7 +420,7 @@ class DGMN(nn.Module):
 
     def set_impl(self, impl: str) -> DGMN:
         """Switch every rate between the reference and the fast path (same parameters)."""
-        message_ops(impl)
+        check_impl(impl)
         self.options = dataclasses.replace(self.options, impl=impl)
         for dmc in self.rate_messages:
             dmc.impl = impl
@@ -391,7 +433,7 @@ class DGMN(nn.Module):
                 f"input: expected shape (b, {self.channels}, h, w), got {tuple(f.shape)}"
             )
         h = f
-        if self.impl == "fast":  # the fast gathers read rows of a channels-last map in place
+        if resolve_impl(self.impl, f) == "fast":  # the gathers read a channels-last map in place
             h = f.contiguous(memory_format=torch.channels_last)
         states = [dmc(h) for dmc in self.rate_messages]  # H^(0) = F, T = 1
         return self.fusion(f, [state.message for state in states]), states

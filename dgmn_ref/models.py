@@ -36,7 +36,10 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "SegmentationModel",
+    "IMAGENET_WEIGHTS",
+    "TORCHVISION_URL",
     "build_context",
+    "imagenet_weights_path",
     "load_imagenet_weights",
 ]
 
@@ -192,6 +195,40 @@ class ResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+# torchvision's ImageNet-1k weights (IMAGENET1K_V1) of each depth: the file names the configs use
+# (weights/<name> under the repository root), downloaded from TORCHVISION_URL + name.
+IMAGENET_WEIGHTS: dict[int, str] = {
+    18: "resnet18-f37072fd.pth",
+    34: "resnet34-b627a593.pth",
+    50: "resnet50-0676ba61.pth",
+    101: "resnet101-63fe2227.pth",
+    152: "resnet152-394f9c45.pth",
+}
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+def imagenet_weights_path(path: str | Path, depth: int, repo_root: str | Path) -> Path:
+    """The ImageNet weights file ``path``, which must exist (relative: taken from ``repo_root``).
+
+    The configs name ``weights/resnet101-63fe2227.pth`` relative to the repository root (see
+    docs/training.md); a notebook runs in ``notebooks/``, so it passes the root explicitly.
+
+    Raises:
+        FileNotFoundError: no file there; the message names the resolved path, the torchvision
+            file for ``depth`` and the URL it comes from.
+    """
+    resolved = Path(path) if Path(path).is_absolute() else Path(repo_root) / path
+    if not resolved.is_file():
+        name = IMAGENET_WEIGHTS.get(depth)
+        source = (
+            f"ResNet-{depth}'s torchvision ImageNet weights: {name}, from {TORCHVISION_URL}{name}"
+            if name
+            else f"torchvision has no ImageNet weights for ResNet-{depth}"
+        )
+        raise FileNotFoundError(f"ImageNet weights {resolved} not found (from {path!r}); {source}")
+    return resolved
+
+
 def load_imagenet_weights(backbone: ResNet, path: str | Path) -> dict[str, list[str]]:
     """Load a torchvision-format ImageNet state dict (e.g. ``resnet101-63fe2227.pth``).
 
@@ -237,7 +274,7 @@ def build_context(
     name: str,
     channels: int,
     variant: str = "da_dw_ds",
-    impl: str = "fast",
+    impl: str = "auto",
     **overrides: Any,
 ) -> nn.Module:
     """The context module of a Table 1a row, ``b C h w -> b C h w``.
@@ -248,7 +285,8 @@ def build_context(
             (deformable message passing, sec. 4.1).
         channels: C (512 in the paper).
         variant: a :data:`dgmn_ref.variants.PAPER_VARIANTS` name (``dgmn`` only).
-        impl: ``"fast"`` or ``"reference"`` message kernels (``dgmn`` / ``deformable``).
+        impl: ``"auto"`` (the faster kernels for the map's size), ``"fast"`` or
+            ``"reference"`` message kernels (``dgmn`` / ``deformable``).
         overrides: keyword arguments of the module, e.g. ``rates=(1, 2)`` or ``groups=2``.
     """
     if name == "none":
@@ -277,7 +315,7 @@ class SegmentationModel(nn.Module):
         head_channels: channels of the 3x3 conv-BN-ReLU after the backbone (512).
         context: one of :data:`CONTEXTS`.
         variant: DGMN variant name (``context="dgmn"``).
-        impl: message-kernel implementation (``"fast"`` falls back to ``"reference"``).
+        impl: message-kernel implementation (``"auto"``, ``"fast"`` or ``"reference"``).
         dropout: dropout before the classifier (0.1, as in PSPNet / CCNet heads).
         context_kwargs: extra keyword arguments of the context module.
 
@@ -296,7 +334,7 @@ class SegmentationModel(nn.Module):
         head_channels: int = 512,
         context: str = "dgmn",
         variant: str = "da_dw_ds",
-        impl: str = "fast",
+        impl: str = "auto",
         dropout: float = 0.1,
         output_stride: int = 8,
         context_kwargs: dict[str, Any] | None = None,

@@ -66,4 +66,4 @@ def test_train_help_shows_defaults_and_help():
         in text
     )
     assert "--crop-size N [N ...] random crop H W (one value: square) (default: 769 769)" in text
-    assert "(default: fast); one of reference, fast" in text
+    assert "(default: auto); one of reference, fast, auto" in text

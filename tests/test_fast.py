@@ -124,7 +124,7 @@ def test_gradcheck_dynamic_message():
     "c,out,ks,rate,bias",
     [
         (40, 7, 3, 1, True),  # K o = 63 <= 4 c: project first
-        (8, 40, 3, 2, True),  # sample first, one neighbour at a time
+        (8, 40, 3, 2, True),  # sample first (all K at once: a small map)
         (12, 5, 5, 3, False),  # K o = 125 > 4 c = 48: sample first
         (64, 10, 5, 1, False),  # K o = 250 <= 256: project first, 25 neighbours
     ],
@@ -142,6 +142,28 @@ def test_neighbourhood_conv_equals_reference(dtype, c, out, ks, rate, bias):
     got = outputs_and_grads(run(fast), inputs)
     tol = TOLERANCE[dtype] * (4 if dtype == torch.float32 else 1)  # sums over K c terms
     assert_all_close(got, want, tol, "neighbourhood_conv (out, dh, dwalks, dW, db)")
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 9])  # neighbours sampled at once (K = 9)
+def test_neighbourhood_conv_sample_first_in_chunks_equals_reference(monkeypatch, per_chunk):
+    """Sample first in chunks of neighbours: recomputed in backward unless all K fit."""
+    b, c, height, width, out = 2, 8, 5, 6, 40  # K o = 360 > 4 c: sample first
+    h, walks, _, _ = message_inputs(b, c, height, width, 1, 3, torch.float64, seed=12)
+    monkeypatch.setattr(fast, "SAMPLE_BYTES", per_chunk * b * c * height * width * 8)
+    g = generator(13)
+    inputs = [h, walks, torch.randn(out, c, 3, 3, generator=g, dtype=torch.float64)]
+    inputs.append(torch.randn(out, generator=g, dtype=torch.float64))
+
+    def run(ops):
+        return lambda h, walks, weight, bias: ops.neighbourhood_conv(h, walks, 2, weight, bias)
+
+    recomputed = []
+    original = fast._checkpointed
+    monkeypatch.setattr(fast, "_checkpointed", lambda *a: recomputed.append(1) or original(*a))
+    got = outputs_and_grads(run(fast), inputs)
+    assert len(recomputed) == (0 if per_chunk == 9 else -(-9 // per_chunk))
+    want = outputs_and_grads(run(D), inputs)
+    assert_all_close(got, want, TOLERANCE[torch.float64], "neighbourhood_conv in chunks")
 
 
 @pytest.mark.parametrize("c,out", [(10, 2), (2, 5)])  # project first / sample first
@@ -293,3 +315,52 @@ def test_fast_peak_memory_stays_below_bound():
     # measured 9.6 maps for fast, 66 for the reference; saving one K-expanded tensor
     # alone would add 9
     assert maps < 18, f"fast dynamic_message peaks at {maps:.1f} b c h w maps"
+
+
+# ------------------------------------------------------------------- impl="auto"
+def test_auto_resolves_by_the_number_of_elements_of_the_map():
+    from dgmn_ref import layer
+
+    small = torch.zeros(1, 1, 1, layer.AUTO_FAST_MIN_ELEMENTS - 1)
+    large = torch.zeros(1, 1, 1, layer.AUTO_FAST_MIN_ELEMENTS)
+    assert layer.resolve_impl("auto", small) == "reference"
+    assert layer.resolve_impl("auto", large) == "fast"
+    assert layer.resolve_impl("reference", large) == "reference"
+    assert layer.resolve_impl("fast", small) == "fast"
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        layer.resolve_impl("fastest", small)
+    with pytest.raises(ValueError, match="resolve_impl"):
+        layer.message_ops("auto")
+
+
+@pytest.mark.parametrize("fast_side", [False, True])
+def test_auto_layer_runs_the_chosen_kernels_and_equals_the_reference(monkeypatch, fast_side):
+    from dgmn_ref import layer
+
+    x = torch.randn(2, 8, 5, 6, generator=generator(21), dtype=torch.float64)
+    threshold = x.numel() + (0 if fast_side else 1)
+    monkeypatch.setattr(layer, "AUTO_FAST_MIN_ELEMENTS", threshold)
+    calls = []
+    original = fast.gather_sum
+    monkeypatch.setattr(fast, "gather_sum", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    auto = perturbed(DGMN(8, rates=(1, 2), impl="auto").double())
+    reference = perturbed(DGMN(8, rates=(1, 2), impl="reference").double())
+    reference.load_state_dict(auto.state_dict())
+    got = outputs_and_grads(auto, [x])
+    assert bool(calls) == fast_side  # fast kernels exactly when b c h w >= the threshold
+    want = outputs_and_grads(reference, [x])
+    assert_all_close(got, want, TOLERANCE[torch.float64], "DGMN(impl='auto')")
+
+
+def test_training_and_every_config_use_the_default_impl():
+    import json
+    from pathlib import Path
+
+    from dgmn_ref.training.config import TrainConfig
+
+    assert TrainConfig().impl == "auto"
+    configs = sorted(Path(__file__).parents[1].glob("configs/*.json"))
+    assert configs
+    for path in configs:
+        assert "impl" not in json.loads(path.read_text()), f"{path.name} picks impl by hand"

@@ -8,9 +8,11 @@ from torch import nn
 
 from dgmn_ref.models import (
     CONTEXTS,
+    IMAGENET_WEIGHTS,
     ResNet,
     SegmentationModel,
     build_context,
+    imagenet_weights_path,
     load_imagenet_weights,
 )
 
@@ -137,3 +139,17 @@ def test_bad_names_are_reported():
         build_context("dgmn", 8, variant="nope")
     with pytest.raises(ValueError, match="depth: expected one of"):
         ResNet(19)
+
+
+def test_imagenet_weights_path_is_taken_from_the_repository_root(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / IMAGENET_WEIGHTS[101]).write_bytes(b"")
+    found = imagenet_weights_path(f"weights/{IMAGENET_WEIGHTS[101]}", 101, tmp_path)
+    assert found == tmp_path / "weights" / "resnet101-63fe2227.pth"
+    assert imagenet_weights_path(found, 101, tmp_path / "elsewhere") == found  # absolute: as given
+    with pytest.raises(
+        FileNotFoundError, match=r"weights: resnet50-0676ba61\.pth, from https://download\.pytorch"
+    ):
+        imagenet_weights_path("weights/missing.pth", 50, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no ImageNet weights for ResNet-7"):
+        imagenet_weights_path("weights/missing.pth", 7, tmp_path)

@@ -96,6 +96,7 @@ def test_draw_kernels_one_panel_per_group(groups: int) -> None:
     for ax in axes:
         _labelled(ax)
     assert axes[0].get_title() == "n A'"
+    assert len(axes[0].figure.axes) == 2 * (1 + groups)  # a colour bar beside every panel
 
 
 def test_draw_map_scaling_bars_caption() -> None:
@@ -106,6 +107,9 @@ def test_draw_map_scaling_bars_caption() -> None:
     )
     _labelled(ax)
     assert ax.get_yscale() == "log" and len(ax.get_lines()) == 2
+    ax = plotting.draw_scaling([8, 16], {"a": [1, 4], "b": [1, 2]}, colours={"b": "#123456"})
+    assert ax.get_lines()[1].get_color() == "#123456"  # named: its colour; unnamed: the cycle
+    assert ax.get_lines()[0].get_color() == plotting.RATE_COLOURS[0]
     ax = plotting.draw_bars(
         ["x", "y"], {"paper": [1.0, 2.0], "ours": [1.1, 2.1]}, title="t", ylabel="y"
     )

@@ -158,7 +158,8 @@ def test_cli_evaluate_bad_input(capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate_main(["/no/such/run", "--impl", "fastest"])
     assert exit_.value.code == 2
-    assert "invalid choice: 'fastest' (choose from 'reference', 'fast')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice: 'fastest' (choose from 'reference', 'fast', 'auto')" in err
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

@@ -30,10 +30,11 @@ from dgmn_ref.data.synthetic import (
     _COLOURS,
     CONTEXT_CLASSES,
     DEFAULT_SIZE,
-    MYSTERY_COLOUR,
     Scene,
-    _Canvas,
-    _free,
+    _finish_scene,
+    _new_street,
+    _paint_bushes,
+    _place_mystery,
 )
 
 # The mystery vehicles lie in x < NEAR * W, the cue in x >= FAR * W (or mirrored).
@@ -77,11 +78,7 @@ def far_zone(size: tuple[int, int], left: bool) -> np.ndarray:
 def render_redundant_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> Scene:
     """Draw one street of the redundant-context task (see the module docstring)."""
     h, w = size
-    c = _Canvas(h, w, rng)
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    horizon = int(h * rng.uniform(0.22, 0.28))
-    kerb = int(h * rng.uniform(0.50, 0.56))
-    walk = kerb + max(2, int(h * rng.uniform(0.06, 0.10)))
+    c, rows, cols, horizon, kerb, walk = _new_street(rng, size)
     left = bool(rng.integers(0, 2))  # the mystery vehicles are on the left
     k = int(rng.integers(0, len(CONTEXT_CLASSES)))
     far = far_zone(size, left)
@@ -101,14 +98,7 @@ def render_redundant_scene(rng: np.random.Generator, size: tuple[int, int] = DEF
     c.paint((rows >= kerb) & (rows < walk), _COLOURS["sidewalk"], "sidewalk")
     c.paint(road & ~far, _COLOURS["road"], "road")
     c.paint(road & far, district["road"], "road")
-    for _ in range(rng.integers(0, 3)):  # bushes in front of the building
-        cy, cx = kerb - rng.integers(0, h // 10 + 1), rng.integers(0, w)
-        ry, rx = rng.integers(h // 16 + 1, h // 8 + 2), rng.integers(w // 24 + 1, w // 12 + 2)
-        c.paint(
-            ((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1,
-            _COLOURS["vegetation"],
-            "vegetation",
-        )
+    _paint_bushes(c, rng, rows, cols, kerb)
 
     # Mystery vehicles: the beacon task's grey look-alikes, on the road of the near zone.
     occupied = np.zeros((h, w), dtype=bool)
@@ -121,38 +111,7 @@ def render_redundant_scene(rng: np.random.Generator, size: tuple[int, int] = DEF
             y0 = int(rng.integers(walk + 1, max(walk + 2, h - bh - 1)))
             x0 = int(rng.integers(1, max(2, near - bw)))
             x0 = x0 if left else w - x0 - bw
-            if _free(occupied, y0, x0, y0 + bh, x0 + bw):
-                region = c.box(y0, x0, y0 + bh, x0 + bw)
-                c.paint(region, MYSTERY_COLOUR, CONTEXT_CLASSES[k])
-                c.new_instance(region, CONTEXT_CLASSES[k])
-                occupied |= region
-                context |= region
+            if _place_mystery(c, occupied, context, (y0, x0, y0 + bh, x0 + bw), CONTEXT_CLASSES[k]):
                 break
 
-    # Locally decidable things: dark-blue cars with wheels on the road, persons on the walk.
-    for _ in range(rng.integers(0, 3)):
-        ch, cw = int(h * rng.uniform(0.10, 0.16)), int(w * rng.uniform(0.10, 0.16))
-        y0 = int(rng.integers(walk, max(walk + 1, h - ch)))
-        x0 = int(rng.integers(0, w - cw))
-        if _free(occupied, y0, x0, y0 + ch, x0 + cw):
-            body = c.box(y0, x0, y0 + ch, x0 + cw)
-            c.paint(body, _COLOURS["car"], "car")
-            wy = y0 + ch - max(2, ch // 4)
-            for wx in (x0 + 1, x0 + cw - max(2, cw // 5) - 1):
-                c.paint(c.box(wy, wx, y0 + ch, wx + max(2, cw // 5)), _COLOURS["wheel"], "car")
-            c.new_instance(body, "car")
-            occupied |= body
-    for _ in range(rng.integers(0, 4)):
-        ph, pw = max(6, int(h * rng.uniform(0.14, 0.2))), max(3, w // 40)
-        y1 = int(rng.integers(kerb + 1, walk + 1))
-        x0 = int(rng.integers(0, w - pw))
-        if _free(occupied, y1 - ph, x0, y1, x0 + pw, pad=1):
-            body = c.box(y1 - ph, x0, y1, x0 + pw)
-            c.paint(body, _COLOURS["person"], "person")
-            c.paint(c.box(y1 - ph, x0, y1 - ph + pw, x0 + pw), _COLOURS["skin"], "person")
-            c.new_instance(body, "person")
-            occupied |= body
-
-    noise = rng.normal(0.0, 6.0, size=c.colour.shape)
-    rgb = np.clip(c.colour + noise, 0, 255).round().astype(np.uint8)
-    return Scene(rgb, c.label, c.instances, context, c.objects, CONTEXT_CLASSES[k])
+    return _finish_scene(c, rng, occupied, context, CONTEXT_CLASSES[k], kerb, walk)

@@ -105,25 +105,25 @@ def _free(occupied: np.ndarray, y0: int, x0: int, y1: int, x1: int, pad: int = 2
     return not occupied[max(y0 - pad, 0) : y1 + pad, max(x0 - pad, 0) : x1 + pad].any()
 
 
-def render_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> Scene:
-    """Draw one street scene (see the module docstring). Shapes scale with ``size = (h, w)``."""
+def _new_street(rng: np.random.Generator, size: tuple[int, int]):
+    """A blank canvas, its row and column index maps, and the street's layout rows
+    ``horizon < kerb < walk`` (sky above the horizon, sidewalk from the kerb, road from the
+    walk's edge), drawn from ``rng`` in this order (both tasks)."""
     h, w = size
     c = _Canvas(h, w, rng)
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     horizon = int(h * rng.uniform(0.22, 0.28))
     kerb = int(h * rng.uniform(0.50, 0.56))
     walk = kerb + max(2, int(h * rng.uniform(0.06, 0.10)))
+    return c, rows, cols, horizon, kerb, walk
 
-    c.paint(rows < horizon, _COLOURS["sky"], "sky")
-    building = (rows >= horizon) & (rows < kerb)
-    c.paint(building, _COLOURS["building"], "building")
-    step = max(4, h // 12)
-    windows = building & (rows % step >= step // 2) & (cols % step >= step // 2)
-    windows &= rows < kerb - step // 2
-    c.paint(windows, _COLOURS["window"], "building")
-    c.paint((rows >= kerb) & (rows < walk), _COLOURS["sidewalk"], "sidewalk")
-    c.paint(rows >= walk, _COLOURS["road"], "road")
-    for _ in range(rng.integers(0, 3)):  # bushes in front of the building
+
+def _paint_bushes(
+    c: _Canvas, rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, kerb: int
+) -> None:
+    """0-2 bushes in front of the building (both tasks)."""
+    h, w = rows.shape
+    for _ in range(rng.integers(0, 3)):
         cy, cx = kerb - rng.integers(0, h // 10 + 1), rng.integers(0, w)
         ry, rx = rng.integers(h // 16 + 1, h // 8 + 2), rng.integers(w // 24 + 1, w // 12 + 2)
         c.paint(
@@ -132,35 +132,38 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE)
             "vegetation",
         )
 
-    # The beacon: a traffic sign on a pole in one outer quarter, coloured by the hidden class.
-    left = bool(rng.integers(0, 2))
-    k = int(rng.integers(0, len(BEACON_COLOURS)))
-    bs = max(4, h // 10)
-    by = int(rng.integers(1, max(2, horizon - bs)))
-    quarter = (int(w * 0.02), int(w * MIN_CONTEXT_DISTANCE) - bs)
-    bx = int(rng.integers(*quarter)) if left else w - bs - int(rng.integers(*quarter))
-    px = bx + bs // 2 - 1
-    c.paint(c.box(by + bs, px, kerb, px + 2), _COLOURS["pole"], "pole")
-    c.paint(c.box(by, bx, by + bs, bx + bs), BEACON_COLOURS[k], "traffic sign")
 
-    # Mystery vehicles: identical-looking grey boxes on the road, in the other half.
-    occupied = np.zeros((h, w), dtype=bool)
-    context = np.zeros((h, w), dtype=bool)
-    half = (w // 2, w) if left else (0, w // 2)
-    for _ in range(rng.integers(1, 3)):
-        bh, bw = int(h * rng.uniform(0.14, 0.22)), int(w * rng.uniform(0.10, 0.17))
-        for _try in range(20):
-            y0 = int(rng.integers(walk + 1, max(walk + 2, h - bh - 1)))
-            x0 = int(rng.integers(half[0] + 1, max(half[0] + 2, half[1] - bw - 1)))
-            if _free(occupied, y0, x0, y0 + bh, x0 + bw):
-                region = c.box(y0, x0, y0 + bh, x0 + bw)
-                c.paint(region, MYSTERY_COLOUR, CONTEXT_CLASSES[k])
-                c.new_instance(region, CONTEXT_CLASSES[k])
-                occupied |= region
-                context |= region
-                break
+def _place_mystery(
+    c: _Canvas,
+    occupied: np.ndarray,
+    context: np.ndarray,
+    box: tuple[int, int, int, int],
+    name: str,
+) -> bool:
+    """Paint a grey mystery vehicle of class ``name`` at ``box = (y0, x0, y1, x1)`` if the
+    place is free, marking its pixels occupied and context-dependent; False if not free."""
+    if not _free(occupied, *box):
+        return False
+    region = c.box(*box)
+    c.paint(region, MYSTERY_COLOUR, name)
+    c.new_instance(region, name)
+    occupied |= region
+    context |= region
+    return True
 
-    # Locally decidable things: dark-blue cars with wheels on the road, persons on the walk.
+
+def _finish_scene(
+    c: _Canvas,
+    rng: np.random.Generator,
+    occupied: np.ndarray,
+    context: np.ndarray,
+    beacon_class: str,
+    kerb: int,
+    walk: int,
+) -> Scene:
+    """The locally decidable things (dark-blue cars with wheels on the road, persons on the
+    walk) where nothing stands yet, then pixel noise: the finished :class:`Scene`."""
+    h, w = occupied.shape
     for _ in range(rng.integers(0, 3)):
         ch, cw = int(h * rng.uniform(0.10, 0.16)), int(w * rng.uniform(0.10, 0.16))
         y0 = int(rng.integers(walk, max(walk + 1, h - ch)))
@@ -186,7 +189,49 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE)
 
     noise = rng.normal(0.0, 6.0, size=c.colour.shape)
     rgb = np.clip(c.colour + noise, 0, 255).round().astype(np.uint8)
-    return Scene(rgb, c.label, c.instances, context, c.objects, CONTEXT_CLASSES[k])
+    return Scene(rgb, c.label, c.instances, context, c.objects, beacon_class)
+
+
+def render_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> Scene:
+    """Draw one street scene (see the module docstring). Shapes scale with ``size = (h, w)``."""
+    h, w = size
+    c, rows, cols, horizon, kerb, walk = _new_street(rng, size)
+
+    c.paint(rows < horizon, _COLOURS["sky"], "sky")
+    building = (rows >= horizon) & (rows < kerb)
+    c.paint(building, _COLOURS["building"], "building")
+    step = max(4, h // 12)
+    windows = building & (rows % step >= step // 2) & (cols % step >= step // 2)
+    windows &= rows < kerb - step // 2
+    c.paint(windows, _COLOURS["window"], "building")
+    c.paint((rows >= kerb) & (rows < walk), _COLOURS["sidewalk"], "sidewalk")
+    c.paint(rows >= walk, _COLOURS["road"], "road")
+    _paint_bushes(c, rng, rows, cols, kerb)
+
+    # The beacon: a traffic sign on a pole in one outer quarter, coloured by the hidden class.
+    left = bool(rng.integers(0, 2))
+    k = int(rng.integers(0, len(BEACON_COLOURS)))
+    bs = max(4, h // 10)
+    by = int(rng.integers(1, max(2, horizon - bs)))
+    quarter = (int(w * 0.02), int(w * MIN_CONTEXT_DISTANCE) - bs)
+    bx = int(rng.integers(*quarter)) if left else w - bs - int(rng.integers(*quarter))
+    px = bx + bs // 2 - 1
+    c.paint(c.box(by + bs, px, kerb, px + 2), _COLOURS["pole"], "pole")
+    c.paint(c.box(by, bx, by + bs, bx + bs), BEACON_COLOURS[k], "traffic sign")
+
+    # Mystery vehicles: identical-looking grey boxes on the road, in the other half.
+    occupied = np.zeros((h, w), dtype=bool)
+    context = np.zeros((h, w), dtype=bool)
+    half = (w // 2, w) if left else (0, w // 2)
+    for _ in range(rng.integers(1, 3)):
+        bh, bw = int(h * rng.uniform(0.14, 0.22)), int(w * rng.uniform(0.10, 0.17))
+        for _try in range(20):
+            y0 = int(rng.integers(walk + 1, max(walk + 2, h - bh - 1)))
+            x0 = int(rng.integers(half[0] + 1, max(half[0] + 2, half[1] - bw - 1)))
+            if _place_mystery(c, occupied, context, (y0, x0, y0 + bh, x0 + bw), CONTEXT_CLASSES[k]):
+                break
+
+    return _finish_scene(c, rng, occupied, context, CONTEXT_CLASSES[k], kerb, walk)
 
 
 def renderer(task: str):

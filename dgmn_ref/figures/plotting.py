@@ -98,7 +98,7 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
     elif kind == "sum":
         fusion_text = "update, eq. 2-3 (sum)\nH = ReLU(F + α Σ β_q M_q)"
     else:
-        fusion_text = "update, eq. 2-3 (concat)\nH = ReLU(BN(W[F, M_1..S]))"
+        fusion_text = "fusion (concat), not eq. 2\nH = ReLU(BN(W[F, M_1..S]))"
     _box(ax, xs["h"], 0.0, fusion_text, "#f4cccc", width=2.6)
     for q, (dmc, y) in enumerate(zip(dmcs, ys, strict=True)):
         colour = RATE_COLOURS[q % len(RATE_COLOURS)]
@@ -136,7 +136,9 @@ def draw_pipeline(layer: torch.nn.Module, ax: Axes | None = None) -> Axes:
     ax.text(
         (xs["f"] + xs["h"]) / 2,
         ys[-1] - 0.85,
-        "observation F (skip to the update)",
+        "observation F (identity skip)"
+        if kind != "concat"
+        else "observation F (its own block of W)",
         ha="center",
         va="top",
         fontsize=8,
@@ -389,10 +391,21 @@ def draw_kernels(
     lim = max(abs(w).max(), 1e-12)
     for ax, (name, values, cmap) in zip(axes, panels, strict=False):
         grid = values.reshape(ks, ks)
-        kwargs = {"vmin": -lim, "vmax": lim} if cmap == "RdBu_r" else {"vmin": 0}
-        ax.imshow(grid, cmap=cmap, interpolation="nearest", **kwargs)
+        # filters: one symmetric scale shared by the groups (0 = white); A': from 0 to its largest
+        vmin, vmax = (-lim, lim) if cmap == "RdBu_r" else (0.0, max(grid.max(), 1e-12))
+        im = ax.imshow(grid, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
+        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         for (r, c), v in np.ndenumerate(grid):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7)
+            strong = abs(v) > 0.6 * max(abs(vmin), abs(vmax))  # white text on dark cells
+            ax.text(
+                c,
+                r,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if strong else "black",
+            )
         ax.set_xticks(range(ks))
         ax.set_yticks(range(ks))
         ax.set_xlabel("neighbour column")
@@ -411,10 +424,13 @@ def draw_scaling(
     xlabel: str = "feature-map side H = W",
     logy: bool = True,
     logx: bool = False,
+    colours: Mapping[str, str] | None = None,
 ) -> Axes:
     """One line per series of a quantity (MACs, seconds, bytes) against the map size.
 
     With ``logx=logy=True`` a cost proportional to N**a is a straight line of slope a.
+    ``colours`` maps a series name to its colour (one colour per method across figures);
+    series it does not name take the default cycle.
     """
     ax = new_axes(ax, figsize=(6.0, 4.0))
     for q, (name, values) in enumerate(series.items()):
@@ -425,7 +441,7 @@ def draw_scaling(
             marker="o",
             ms=4,
             label=name,
-            color=RATE_COLOURS[q % len(RATE_COLOURS)],
+            color=(colours or {}).get(name, RATE_COLOURS[q % len(RATE_COLOURS)]),
         )
     if logy:
         ax.set_yscale("log")

@@ -155,7 +155,11 @@ class TrainConfig:
         None,
         'further keyword arguments of the context module (JSON), e.g. {"walk_init": "default"}',
     )
-    impl: str = setting("fast", "DGMN kernels: reference (einops) or fast (same numbers)")
+    impl: str = setting(
+        "auto",
+        "DGMN kernels: reference (einops), fast (same numbers) or auto (the faster of the two "
+        "for the feature map's size, dgmn_ref.layer.resolve_impl)",
+    )
     dropout: float = setting(0.1, "dropout before the classifier")
     pretrained: str | None = setting(None, "ImageNet weights (.pth) for the backbone")
     # schedule (A.2.2)
