@@ -34,6 +34,7 @@ SETTINGS: dict = {
     "iterations": 200,
     "batch_size": 4,
     "scale_range": None,
+    "impl": "fast",  # what the committed runs used (the default was "fast" then)
     "amp": "off",
     "device": "cpu",
     "num_workers": 0,
