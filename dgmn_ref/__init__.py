@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "DeformableMessagePassing": "dgmn_ref.baselines",
     "ASPP": "dgmn_ref.baselines",
     "PAPER_VARIANTS": "dgmn_ref.variants",
+    "RELEASED_VARIANTS": "dgmn_ref.variants",
     "variant_kwargs": "dgmn_ref.variants",
 }
 __all__ = [
@@ -32,13 +33,14 @@ __all__ = [
     "DeformableMessagePassing",
     "ASPP",
     "PAPER_VARIANTS",
+    "RELEASED_VARIANTS",
     "variant_kwargs",
 ]
 
 if TYPE_CHECKING:
     from dgmn_ref.baselines import ASPP, DeformableMessagePassing, NonLocal2d, NonLocalHead
     from dgmn_ref.layer import DGMN, DynamicMessageCalculation, MessageFusion
-    from dgmn_ref.variants import PAPER_VARIANTS, variant_kwargs
+    from dgmn_ref.variants import PAPER_VARIANTS, RELEASED_VARIANTS, variant_kwargs
 
 
 def __getattr__(name: str) -> Any:

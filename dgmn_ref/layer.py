@@ -323,10 +323,13 @@ class MessageFusion(nn.Module):
 
 
 class DGMN(nn.Module):
-    """Dynamic Graph Message Passing Network layer (sec. 3.5), T = 1 iteration.
+    """Dynamic Graph Message Passing Network layer (sec. 3.5), T = 1 iteration by default.
 
     ``H = fusion(F, M_1, ..., M_S)``, with ``M_q`` the dynamic message at sampling rate
     ``rates[q]`` (:class:`DynamicMessageCalculation`). Input and output are ``b c h w``.
+    With ``steps=T > 1`` the message passing of sec. 3.1 repeats: ``H^(t+1) = fusion(F,
+    M_1(H^(t)), ..., M_S(H^(t)))`` from ``H^(0) = F``, the same weights at every t (the
+    paper's experiments, like its released code, use T = 1).
 
     Every row of the paper's ablation tables (``DA`` dynamic affinity, ``DW`` dynamic
     weights, ``US`` several uniform sampling rates, ``RWS`` random-walk sampling = DS):
@@ -367,6 +370,8 @@ class DGMN(nn.Module):
         released_att4_bug: reproduce a bug of the released code (off by default): the 4th
             rate takes its affinity from its filter logits (``dynamic_weight.py`` line 721),
             see :class:`DynamicMessageCalculation`. Needs at least 4 rates.
+        steps: T, the iterations of message passing (sec. 3.1), sharing the weights; the
+            states that :meth:`forward_with_states` returns are those of the last one.
 
     The authors' released layer (``ReDynamicWeightsCat33``, ``deform="deformatt"``, as
     their COCO configs build it) is ``DGMN(C, **variant_kwargs("released"))``: rates
@@ -388,11 +393,15 @@ class DGMN(nn.Module):
         rates: Sequence[int] = (1, 6, 12, 24, 36),
         fusion: str = "concat",
         released_att4_bug: bool = False,
+        steps: int = 1,
         **options: Any,
     ) -> None:
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels: expected an int >= 1, got {channels!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected an int >= 1 (T, sec. 3.1), got {steps!r}")
+        self.steps = steps
         rates = tuple(rates)
         if not rates:
             raise ValueError("rates: expected at least one sampling rate, got ()")
@@ -427,16 +436,19 @@ class DGMN(nn.Module):
         return self
 
     def forward_with_states(self, f: Tensor) -> tuple[Tensor, list[RateState]]:
-        """The output H and, per rate, the walks, affinities, filters and message."""
+        """The output H and, per rate, the walks, affinities, filters and message (of the
+        last of the ``steps`` iterations)."""
         if f.ndim != 4 or f.shape[1] != self.channels:
             raise ValueError(
                 f"input: expected shape (b, {self.channels}, h, w), got {tuple(f.shape)}"
             )
-        h = f
-        if resolve_impl(self.impl, f) == "fast":  # the gathers read a channels-last map in place
-            h = f.contiguous(memory_format=torch.channels_last)
-        states = [dmc(h) for dmc in self.rate_messages]  # H^(0) = F, T = 1
-        return self.fusion(f, [state.message for state in states]), states
+        h = f  # H^(0) = F
+        for _ in range(self.steps):  # T iterations, one by default
+            if resolve_impl(self.impl, h) == "fast":  # the gathers read channels-last in place
+                h = h.contiguous(memory_format=torch.channels_last)
+            states = [dmc(h) for dmc in self.rate_messages]
+            h = self.fusion(f, [state.message for state in states])
+        return h, states
 
     def forward(self, f: Tensor) -> Tensor:
         return self.forward_with_states(f)[0]

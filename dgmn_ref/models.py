@@ -284,7 +284,8 @@ def build_context(
             (:class:`~dgmn_ref.baselines.NonLocalHead`), ``aspp``, ``deformable``
             (deformable message passing, sec. 4.1).
         channels: C (512 in the paper).
-        variant: a :data:`dgmn_ref.variants.PAPER_VARIANTS` name (``dgmn`` only).
+        variant: a :data:`~dgmn_ref.variants.PAPER_VARIANTS` or
+            :data:`~dgmn_ref.variants.RELEASED_VARIANTS` name (``dgmn`` only).
         impl: ``"auto"`` (the faster kernels for the map's size), ``"fast"`` or
             ``"reference"`` message kernels (``dgmn`` / ``deformable``).
         overrides: keyword arguments of the module, e.g. ``rates=(1, 2)`` or ``groups=2``.

@@ -17,10 +17,12 @@ scale with seed 0, the lr with the best *validation* context accuracy is kept, a
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -42,9 +44,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "results" / "comparison.json"
+META = REPO / "results" / "comparison_runs.json"  # one entry per invocation of the grid
 ERF_JSON = REPO / "results" / "erf.json"
 from dgmn_ref.tools.comparison import (  # noqa: E402
     ABLATIONS,
+    CONFIG_KEYS,
     LRS,
     METHODS,
     N_TEST,
@@ -132,8 +136,7 @@ def run_one(spec: dict) -> dict:
     h, w = SCALES[scale]
     overrides = methods(scale)[spec["method"]]
     extra = dict(spec.get("extra", {}))
-    if "rates" in extra:
-        overrides = overrides | {"rates": extra.pop("rates")}
+    overrides = overrides | {k: extra.pop(k) for k in CONFIG_KEYS if k in extra}
     with tempfile.TemporaryDirectory() as work:
         cfg = TrainConfig.from_dict(
             SETTINGS
@@ -179,11 +182,14 @@ def run_one(spec: dict) -> dict:
     steps = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
     cost = count(build_model(cfg), (1, 3, h, w))
     kwargs = {k: overrides[k] for k in ("context", "variant", "rates") if k in overrides}
+    if "walk_lr_mult" in overrides:
+        kwargs["walk_lr_mult"] = overrides["walk_lr_mult"]
     record = {
         "task": task,
         "scale": scale,
         "method": spec["method"],
         "phase": spec["phase"],
+        "change": spec.get("extra", {}),
         "layer_kwargs": kwargs | ({"context_kwargs": cfg.context_kwargs} if extra else {}),
         "seed": spec["seed"],
         "lr": spec["lr"],
@@ -223,8 +229,9 @@ def save(records: list[dict], path: Path = RESULTS) -> None:
 
 def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
     """The grid in priority order: per task, the sweep, seed 0 at the large scale, seeds 1
-    and 2 at the small scale, the item-4 ablations, seeds 1 and 2 at the large scale; within
-    each, the methods in ``PRIORITY`` order. Entries without ``lr`` use the selected lr."""
+    and 2 at the small scale, seeds 1 and 2 at the large scale (within each, the methods in
+    ``PRIORITY`` order); then the item-4 ablations of every task (every seed, small scale).
+    Entries without ``lr`` use the selected lr."""
     order = []
 
     def add(phase: str, **spec) -> None:
@@ -245,59 +252,118 @@ def plan(args: argparse.Namespace) -> list[tuple[str, dict]]:
                 continue
             for m in priority:
                 add("final", task=task, scale=SMALL, method=m, seed=seed)
-        if task == "redundant" and "+ DGMN DA+DW+DS" in args.methods and args.ablations:
-            for extra in ABLATIONS:
-                add(
-                    "ablation",
-                    task=task,
-                    scale=SMALL,
-                    method="+ DGMN DA+DW+DS",
-                    seed=0,
-                    extra=extra,
-                )
         for seed in args.seeds:
             for scale in args.scales:
                 if seed == 0 or scale == SMALL:
                     continue
                 for m in priority:
                     add("final", task=task, scale=scale, method=m, seed=seed)
+    if "+ DGMN DA+DW+DS" in args.methods and args.ablations and SMALL in args.scales:
+        for task in args.tasks:
+            for extra in ABLATIONS:
+                for seed in args.seeds:
+                    add(
+                        "ablation",
+                        task=task,
+                        scale=SMALL,
+                        method="+ DGMN DA+DW+DS",
+                        seed=seed,
+                        extra=extra,
+                    )
     return order
 
 
 def run_grid(args: argparse.Namespace) -> int:
+    """Run what is not in ``--json`` yet, ``--jobs`` children at a time. The children only
+    compute; this process alone writes the JSON (one record as each run ends). A run whose
+    lr comes from a sweep waits until that sweep is complete."""
     commit = git_commit()
     records = load(args.json)
     done = {r["key"] for r in records}
-    tic = time.perf_counter()
+    pending = []
     for phase, spec in plan(args):
-        if args.stop_at and time.time() > args.stop_at:
-            print("stopping: --stop-at reached", flush=True)
-            break
         spec = {"iterations": args.iterations, "curve_every": args.iterations // 5} | spec
-        if "lr" not in spec:
-            lr = selected_lr(records, spec["task"], spec["method"], args.iterations)
-            if lr is None:
-                print(f"skip (sweep incomplete): {spec}", flush=True)
-                continue
-            spec["lr"] = lr
         spec = {"extra": {}} | spec | {"phase": phase, "git_commit": commit}
-        key = run_key(spec)
-        if key in done:
+        if "lr" in spec and run_key(spec) in done:
             continue
-        record = _child(spec)
-        records = load(args.json) + [record]
-        save(records, args.json)
-        done.add(key)
-        print(
-            f"{time.perf_counter() - tic:7.0f}s {key}: test ctx "
-            f"{record['test']['context_accuracy']:.3f} ({record['s_per_it']:.3f} s/it)",
-            flush=True,
-        )
-    print(f"grid wall time this invocation: {time.perf_counter() - tic:.0f} s", flush=True)
+        pending.append(spec)
+    start = {"started": time.time(), "load_avg": os.getloadavg()[0], "runs_before": len(records)}
+    for task, scale in dict.fromkeys((spec["task"], spec["scale"]) for spec in pending):
+        data_root(task, scale)  # made here, once, before children could race to make it
+    tic = time.perf_counter()
+    running: dict[concurrent.futures.Future, dict] = {}
+    stopped = False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        while pending or running:
+            stopped = stopped or bool(args.stop_at and time.time() > args.stop_at)
+            while not stopped and len(running) < args.jobs:
+                spec = _next_ready(pending, records, done, running)
+                if spec is None:
+                    break
+                running[pool.submit(_child, spec)] = spec
+            if not running:
+                for spec in pending:
+                    print(f"skip (sweep incomplete or stopped): {run_key_or(spec)}", flush=True)
+                break
+            finished, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                spec = running.pop(future)
+                record = future.result()
+                records = load(args.json) + [record]
+                save(records, args.json)
+                done.add(record["key"])
+                print(
+                    f"{time.perf_counter() - tic:7.0f}s {record['key']}: test ctx "
+                    f"{record['test']['context_accuracy']:.3f} ({record['s_per_it']:.3f} s/it)",
+                    flush=True,
+                )
+    wall = time.perf_counter() - tic
+    if stopped:
+        print("stopped: --stop-at reached; a re-run resumes", flush=True)
+    print(f"grid wall time this invocation: {wall:.0f} s", flush=True)
+    meta = {
+        "command": shlex.join(["python", "scripts/compare_context.py", *args.argv]),
+        "jobs": args.jobs,
+        "wall_s": round(wall, 1),
+        "runs_added": len(records) - start["runs_before"],
+        "complete": not stopped and not pending,
+        "load_avg_start": start["load_avg"],
+        "load_avg_end": os.getloadavg()[0],
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start["started"])),
+        "git_commit": commit,
+    }
+    runs = json.loads(args.meta.read_text()) if args.meta.is_file() else []
+    save(runs + [meta], args.meta)
     return 0
 
 
+def run_key_or(spec: dict) -> str:
+    return run_key(spec) if "lr" in spec else f"{spec['task']}|{spec['scale']}|{spec['method']}"
+
+
+def _next_ready(pending: list[dict], records: list[dict], done: set, running: dict):
+    """Remove and return the first pending spec that can start now (its lr known and the
+    run neither done nor running), or None."""
+    busy = {run_key(spec) for spec in running.values()}
+    i = 0
+    while i < len(pending):
+        spec = pending[i]
+        if "lr" not in spec:
+            lr = selected_lr(records, spec["task"], spec["method"], spec["iterations"])
+            if lr is None:  # its sweep is still running (or was cut)
+                i += 1
+                continue
+            spec = spec | {"lr": lr}
+        del pending[i]
+        if run_key(spec) not in done and run_key(spec) not in busy:
+            return spec
+    return None
+
+
 def _child(spec: dict) -> dict:
+    """One run in a child process of one thread; its record (the child's last stdout line)."""
     out = subprocess.run(
         [sys.executable, __file__, "--run-one", json.dumps(spec)],
         cwd=REPO,
@@ -397,6 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--iterations", type=int, default=SETTINGS["iterations"])
     p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument(
+        "--meta", type=Path, default=META, help="where each invocation's wall time is appended"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs at a time, one thread each (default 2: the 2 cores of the budget machine)",
+    )
     p.add_argument("--stop-at", type=float, help="unix time after which no run starts")
     p.add_argument(
         "--no-ablations",
@@ -409,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--erf", action="store_true", help="write results/erf.json")
     p.add_argument("--figure", action="store_true", help="write results/tasks.png")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.jobs < 1:
+        p.error(f"--jobs: expected an int >= 1, got {args.jobs}")
     if args.run_one:
         print(json.dumps(run_one(json.loads(args.run_one))), flush=True)
         return 0

@@ -100,6 +100,27 @@ def test_layer_equals_its_parts():
     torch.testing.assert_close(layer(f), torch.relu(layer.fusion.norm(fused)))
 
 
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_steps_repeat_message_passing_from_f(impl):
+    """T = 2: H^(1) = fusion(F, M(F)), H^(2) = fusion(F, M(H^(1))), the same weights."""
+    torch.manual_seed(0)
+    layer = DGMN(8, rates=(1, 2), groups=2, fusion="sum", steps=2, impl=impl).eval()
+    for dmc in layer.rate_messages:
+        torch.nn.init.normal_(dmc.walk_conv.weight, std=0.3)
+    with torch.no_grad():
+        layer.fusion.alpha.fill_(0.5)
+    f = randn(2, 8, 6, 5)
+    one = DGMN(8, rates=(1, 2), groups=2, fusion="sum", impl=impl).eval()
+    one.load_state_dict(layer.state_dict())
+
+    def step(h):
+        messages = [dmc(h).message for dmc in one.rate_messages]
+        return one.fusion(f, messages)
+
+    torch.testing.assert_close(layer(f), step(step(f)))
+    assert not torch.allclose(layer(f), one(f))  # the second step changes the output
+
+
 def test_sum_fusion_is_eq_2_and_3():
     torch.manual_seed(0)
     layer = DGMN(4, rates=(1, 2), groups=1, fusion="sum")
@@ -151,6 +172,7 @@ def test_gradcheck_tiny_layer_float64():
         (dict(channels=8, impl="cuda"), "impl: expected one of"),
         (dict(channels=8, affinity_norm="tanh"), "affinity_norm: expected"),
         (dict(channels=0), "channels: expected an int >= 1, got 0"),
+        (dict(channels=8, steps=0), "steps: expected an int >= 1"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):

@@ -173,3 +173,23 @@ def test_rates_override_and_optimizer(synthetic_root, tmp_path, optimizer):
     assert saved["config"]["rates"] == [1, 2]
     kind = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
     assert ("exp_avg" in str(saved["optimizer"]["state"])) == (kind is torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("context", ["dgmn", "deformable"])
+def test_walk_lr_mult_scales_only_the_walk_convolutions(synthetic_root, tmp_path, context):
+    """walk_lr_mult: the walk convs (eq. 4) get lr x mult at every step, the rest lr."""
+    from dgmn_ref.training.build import build_model, build_optimizer
+
+    cfg = tiny_config(synthetic_root, tmp_path / "run", context=context, walk_lr_mult=0.1)
+    model = build_model(cfg.check())
+    groups = build_optimizer(cfg, model).param_groups
+    assert [g["lr_mult"] for g in groups] == [1.0, 0.1]
+    walks = {id(p) for n, p in model.named_parameters() if ".walk_conv" in n}
+    assert walks and {id(p) for p in groups[1]["params"]} == walks
+    assert len(groups[0]["params"]) + len(walks) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="walk_lr_mult: expected a finite number > 0"):
+        tiny_config(synthetic_root, tmp_path / "bad", walk_lr_mult=0).check()
+
+    train(tiny_config(synthetic_root, tmp_path / "run2", context=context, walk_lr_mult=0.1))
+    saved = load_run(tmp_path / "run2")["optimizer"]["param_groups"]
+    assert saved[0]["lr"] > 0 and saved[1]["lr"] == pytest.approx(0.1 * saved[0]["lr"])

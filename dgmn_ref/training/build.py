@@ -78,8 +78,22 @@ def build_dataset(cfg: TrainConfig, split: str) -> Dataset:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (A.2.2) or AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD with momentum (A.2.2) or AdamW over the trainable parameters.
+
+    With ``cfg.walk_lr_mult != 1`` the walk convolutions (eq. 4: ``walk_conv`` of DGMN,
+    ``walk_convs`` of deformable message passing) form a second parameter group whose
+    ``lr_mult`` scales the poly learning rate (:func:`dgmn_ref.training.loop.run_step`).
+    """
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    walks = [p for n, p in trainable if ".walk_conv" in n]
+    if cfg.walk_lr_mult != 1 and walks:
+        others = [p for n, p in trainable if ".walk_conv" not in n]
+        params: list = [
+            {"params": others, "lr_mult": 1.0},
+            {"params": walks, "lr_mult": cfg.walk_lr_mult},
+        ]
+    else:
+        params = [p for _, p in trainable]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -25,7 +25,7 @@ from typing import Any
 from dgmn_ref.data.labels import CITYSCAPES_CLASSES
 from dgmn_ref.layer import IMPLS
 from dgmn_ref.models import CONTEXTS, DEPTHS
-from dgmn_ref.variants import PAPER_VARIANTS
+from dgmn_ref.variants import PAPER_VARIANTS, RELEASED_VARIANTS
 
 __all__ = [
     "AMP_MODES",
@@ -50,7 +50,7 @@ RATED_CONTEXTS: tuple[str, ...] = ("dgmn", "deformable", "aspp")
 CHOICES: dict[str, tuple] = {
     "dataset": DATASETS,
     "context": CONTEXTS,
-    "variant": tuple(sorted(PAPER_VARIANTS)),
+    "variant": tuple(sorted(PAPER_VARIANTS)) + tuple(sorted(RELEASED_VARIANTS)),
     "impl": IMPLS,
     "amp": AMP_MODES,
     "depth": tuple(sorted(DEPTHS)),
@@ -66,6 +66,7 @@ LIMITS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "iterations": ("an int >= 1", lambda v: v >= 1),
     "batch_size": ("an int >= 1", lambda v: v >= 1),
     "lr": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
+    "walk_lr_mult": ("a finite number > 0", lambda v: math.isfinite(v) and v > 0),
     "momentum": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
     "weight_decay": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
     "power": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
@@ -145,7 +146,9 @@ class TrainConfig:
     width: int = setting(64, "channels of the backbone's stem (64 = the standard ResNet)")
     head_channels: int = setting(512, "C, the channels entering the context module")
     context: str = setting("dgmn", "the context module of the head")
-    variant: str = setting("da_dw_ds", "DGMN's paper variant (dgmn_ref.variants)")
+    variant: str = setting(
+        "da_dw_ds", "DGMN's paper row or the authors' released layer (dgmn_ref.variants)"
+    )
     rates: list[int] | None = setting(
         None,
         "sampling rates replacing the variant's (dgmn) or the module's (deformable, aspp); "
@@ -169,6 +172,11 @@ class TrainConfig:
     iterations: int = setting(40_000, "training iterations (poly schedule length)")
     batch_size: int = setting(8, "global batch, split over the processes")
     lr: float = setting(0.01, "initial learning rate, decayed by the poly rule")
+    walk_lr_mult: float = setting(
+        1.0,
+        "learning-rate multiplier of the walk convolutions (eq. 4) of DGMN and deformable "
+        "message passing; deformable convolution's practice is 0.1 for its offsets",
+    )
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(1e-4, "weight decay")
     power: float = setting(0.9, "exponent of the poly learning-rate decay")

@@ -169,7 +169,7 @@ def run_step(run: Run, iteration: int, image: Tensor, label: Tensor) -> Tensor:
     """
     lr = poly_lr(run.cfg.lr, iteration, run.cfg.iterations, run.cfg.power)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     with run.autocast():
         logits = run.net(image)
     loss_sum = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum")
