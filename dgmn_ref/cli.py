@@ -10,11 +10,12 @@ dispatches: each command imports what it needs when it runs, so ``dgmn-ref --hel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -399,18 +400,30 @@ def explore_export_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layer", default=None, help="DGMN layer name (default: all)")
     parser.add_argument("--out", default="explorer.html", help="output file")
     args = parser.parse_args(argv)
-    import torch
 
     from dgmn_ref.figures.explorer_html import export_explorer
 
-    torch.set_num_threads(1)  # small tensors; many small message-source maps
     try:
-        out = export_explorer(args.run, args.images, args.out, args.layer)
+        with _one_thread():  # small tensors; many small message-source maps
+            out = export_explorer(args.run, args.images, args.out, args.layer)
     except (ValueError, FileNotFoundError) as err:
         print(f"dgmn-ref explore-export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """One torch thread inside, the caller's count again after (``main`` runs in-process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def explore_numbers_main(argv: Sequence[str] | None = None) -> int:
@@ -429,13 +442,12 @@ def explore_numbers_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
-    import torch
 
     from dgmn_ref.figures.explore import explore_numbers
 
-    torch.set_num_threads(1)
     try:
-        result = explore_numbers(args.run, args.frames, args.gallery)
+        with _one_thread():
+            result = explore_numbers(args.run, args.frames, args.gallery)
     except (ValueError, FileNotFoundError) as err:
         print(f"dgmn-ref explore-numbers: error: {err}", file=sys.stderr)
         return 2

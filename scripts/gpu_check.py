@@ -1,4 +1,4 @@
-"""One command for a lent GPU: equality, block benchmarks and training speed (issue 13).
+"""One command for a lent GPU: equality, block benchmarks and training speed (docs/benchmarks.md).
 
     scripts/gpu_check.sh                   # or: make gpu-check; about 8 minutes on one GPU
     python scripts/gpu_check.py --dry      # the same steps on the CPU at tiny sizes (a test)

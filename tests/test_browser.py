@@ -318,12 +318,11 @@ def click_node(page, canvas: str, node: tuple[int, int], size: tuple[int, int]) 
     )
 
 
-def test_explorer_page(tmp_path):
+def test_explorer_page(tmp_path, one_thread):
     """The page with no Python: click two pixels, the drawn neighbourhood follows."""
     reason = browser_requirements()
     if reason:
         pytest.skip(reason)
-    import torch
     from playwright.sync_api import sync_playwright
 
     from dgmn_ref import cli
@@ -340,7 +339,6 @@ def test_explorer_page(tmp_path):
     model, cfg = explore.load_model(checkpoint)
     frames = explore.load_frames(cfg)
     data = viz.extract_from_model(model, frames.images)["context"]
-    torch.set_num_threads(1)
     size = data.size
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     clicks = [("neighbours", 0, (9, 3)), ("sources", 2, (3, 20))]  # (canvas, frame, node)

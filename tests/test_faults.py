@@ -1,5 +1,5 @@
-"""Fault injection: the cases of the reliability audit (issue 12), each with its message,
-its exit status, and the check that no good file was lost.
+"""Fault injection: the cases of the reliability audit (docs/training.md, "Bad input"),
+each with its message, its exit status, and the check that no good file was lost.
 
 Kernels (zero-size maps, mixed dtypes, bad switches), checkpoints (kill -9 mid-write,
 zero-byte / text / truncated / bit-flipped files, a full disk, an unwritable folder,

@@ -349,7 +349,7 @@ def gallery_figure(
 def explore_numbers(
     checkpoint: str | Path, frames: int = 60, gallery: str | Path | None = None
 ) -> dict[str, Any]:
-    """Item 5 of issue 15 for a synthetic-data run: :func:`walk_numbers` over ``frames``
+    """The explorer's walk numbers for a synthetic-data run: :func:`walk_numbers` over ``frames``
     validation frames, for all nodes and for the mystery-vehicle nodes (whose class only the
     beacon decides); with ``gallery``, also one PNG per :data:`GALLERY_CLASSES` node of frame
     0 (``<gallery>-<n>.png``, :data:`GALLERY_DPI`) and its caption.

@@ -119,7 +119,7 @@ def run_step_case(
     return result
 
 
-GOALS = (  # (setting, numerator, denominator, target): issue 13, goal 2
+GOALS = (  # (setting, numerator, denominator, target): docs/benchmarks.md, whole-model goals
     ("paper", "dgmn", "fcn", 1.15),
     ("paper", "dgmn", "nonlocal", 1.0),
     ("embedded", "dgmn", "nonlocal", 1.5),

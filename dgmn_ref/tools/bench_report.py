@@ -77,7 +77,7 @@ def goals(results: list[dict], size: int = 97, large: int = 193) -> list[dict]:
             loaded = bool(ra.get("loaded") or rb.get("loaded"))
             rows.append((name, label(point), ra[key] / rb[key], op, target, loaded))
 
-    # fast against the reference wherever both ran (issue 13, goal 1)
+    # fast against the reference wherever both ran (docs/benchmarks.md, goal 1)
     points = sorted({_point(r) for r in results})
     for point in points:
         ratio(

@@ -31,7 +31,7 @@ SETTINGS: dict = {
     "head_channels": 64,
     "dropout": 0.0,
     "optimizer": "adamw",
-    "iterations": 200,
+    "iterations": 400,
     "batch_size": 4,
     "scale_range": None,
     "impl": "fast",  # what the committed runs used (the default was "fast" then)
