@@ -9,7 +9,7 @@ TESTENV := HOME=$(CURDIR)/.cache/home MPLCONFIGDIR=$(CURDIR)/.cache/mpl \
 	JUPYTER_RUNTIME_DIR=$(CURDIR)/.cache/jupyter-runtime IPYTHONDIR=$(CURDIR)/.cache/ipython \
 	JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1 MPLBACKEND=Agg
 
-.PHONY: gpu-check venv lab test unit notebooks-test browser-test notebooks lint data clean
+.PHONY: gpu-check venv lab test unit notebooks-test browser-test notebooks notebook-times lint data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ lint: venv
 	$(BIN)/ruff format --check dgmn_ref tests
 
 # Re-execute every notebook in place so that its committed outputs are fresh.
+# Each notebook's execution time (fresh kernel, a copy: nothing is rewritten) ->
+# results/notebook_times.json; the tables in README.md and notebooks/README.md quote it.
+notebook-times: venv
+	$(TESTENV) $(BIN)/python scripts/time_notebooks.py
+
 notebooks: venv
 	$(TESTENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=600 --NotebookClient.record_timing=False notebooks/*.ipynb

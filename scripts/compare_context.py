@@ -412,6 +412,14 @@ def report(records: list[dict]) -> int:
         f"clock at 1-minute load averages of {min(r['load_avg'] for r in records):.1f}-"
         f"{max(r['load_avg'] for r in records):.1f} on the 2 cores."
     )
+    for run in load(META):
+        sections["budget"] += (
+            f"\n\n`{run['command']}` (started {run['started_utc']} UTC at commit "
+            f"{run['git_commit'][:7]}, {run['jobs']} runs at a time): {run['runs_added']} runs in "
+            f"{run['wall_s'] / 60:.0f} minutes of wall clock, 1-minute load average "
+            f"{run['load_avg_start']:.1f} at the start and {run['load_avg_end']:.1f} at the end; "
+            + ("the whole grid." if run["complete"] else "stopped before the end of the grid.")
+        )
     for name, body in sections.items():
         _replace(DOCS, name, body)
     _replace(README, "redundant 192x384", sections["redundant 192x384"])

@@ -40,6 +40,22 @@ def test_lr_is_selected_on_val_not_test():
     )
 
 
+def test_ablation_table_sits_beside_the_protocols_run():
+    """Item 4: each change over its seeds, after the protocol's own DA+DW+DS row."""
+    method = "+ DGMN DA+DW+DS"
+    records = [_record(method, lr, val=v, test=v) for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4))]
+    records += [_record(method, 3e-3, 0.5, 0.5, seed=s, phase="final") for s in (1, 2)]
+    for seed, acc in enumerate((0.9, 0.7, 0.8)):
+        r = _record(method, 3e-3, acc, acc, seed=seed, phase="ablation")
+        records.append(r | {"change": {"walk_lr_mult": 10.0}})
+    lines = cmp.ablation_table(records).splitlines()
+    assert lines[2].startswith("| redundant | none (the protocol's DA+DW+DS) | 0.003 | 0,1,2 ")
+    assert "| 53.3 ± 5.8 |" in lines[2]
+    assert lines[3].startswith("| redundant | walk_lr_mult=10.0 | 0.003 | 0,1,2 | 80.0 ± 10.0 |")
+    assert cmp.ablation_table(records[:5]) == "(no ablation runs in results/comparison.json)"
+    assert cmp.change_name({"rates": [1, 3]}) == "rates={1, 3}"
+
+
 def test_pareto_front():
     points = [(1.0, 0.3), (2.0, 0.9), (3.0, 0.8), (0.5, 0.3), (4.0, 0.95)]
     assert cmp.pareto(points) == [3, 1, 4]

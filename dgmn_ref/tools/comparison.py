@@ -246,8 +246,10 @@ def ablation_table(records: list[dict]) -> str:
         for r in records:
             if r["task"] == task and r["phase"] == "ablation":
                 rows.setdefault(json.dumps(r.get("change", {})), []).append(r)
+        if len(rows) == 1:  # no one-change run of this task
+            continue
         for change, rs in rows.items():
-            if not rs or (change != "{}" and len(rows) == 1):
+            if not rs:
                 continue
             rs = sorted(rs, key=lambda r: r["seed"])
             n = min(len(r["curve"]) for r in rs)
