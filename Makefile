@@ -35,8 +35,11 @@ data: venv
 unit: venv
 	$(TESTENV) $(BIN)/python -m pytest tests --doctest-modules dgmn_ref -m "not browser" -q
 
+# Notebooks run in parallel, each whole notebook in one worker (--dist loadscope, as nbval's
+# README says): every notebook sets torch to one thread, so one worker per core.
+NBVAL_JOBS ?= 2
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
-	--nbval-cell-timeout 300 -p no:cacheprovider -q
+	--nbval-cell-timeout 300 -p no:cacheprovider -q -n $(NBVAL_JOBS) --dist loadscope
 # The notebooks that train or optimise something (03: SGD on the walks; 05, 06: training; 08: a
 # trained model; any notebook numbered 09 or later). Their checked outputs must not depend on the
 # CPU's vector instructions, so notebooks-test runs them once more on torch's portable code path
