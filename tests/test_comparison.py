@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import numpy as np
 import pytest
 import torch
@@ -84,3 +85,35 @@ def test_far_sampling_share_untrained(context):
         assert abs(out["far_share"] - out["far_nodes"]) < 0.1
     else:  # zero walks: rates 1 and 4 from x < 2 nodes never reach x >= 8
         assert out["far_share"] == 0.0 and out["walk_length"] == 0.0
+
+
+def _grid_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_context.py"
+    spec = importlib.util.spec_from_file_location("compare_context", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_plan_and_scheduling_wait_for_the_sweep():
+    """The plan: sweep first, ablations last; a final run starts only once its sweep is done."""
+    grid = _grid_script()
+    args = argparse.Namespace(
+        tasks=["redundant"], scales=list(cmp.SCALES), methods=["Dilated FCN", "+ DGMN DA+DW+DS"],
+        seeds=[0, 1, 2], ablations=True,
+    )  # fmt: skip
+    plan = grid.plan(args)
+    phases = [phase for phase, _ in plan]
+    assert phases[: 2 * len(cmp.LRS)] == ["sweep"] * (2 * len(cmp.LRS))
+    assert phases[-len(cmp.ABLATIONS) * 3 :] == ["ablation"] * (len(cmp.ABLATIONS) * 3)
+    finals = [s for p, s in plan if p == "final"]
+    assert len(finals) == 2 * (1 + 2 + 2)  # seed 0 large; seeds 1, 2 at both scales
+    pending = [{"iterations": 200, "extra": {}} | s for _, s in plan if "lr" not in s]
+    assert grid._next_ready(pending, [], set(), {}) is None  # no sweep yet: nothing can start
+    sweep = [_record("Dilated FCN", lr, val=v, test=v) for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4))]
+    ready = grid._next_ready(pending, sweep, set(), {})
+    assert ready["method"] == "Dilated FCN" and ready["lr"] == cmp.LRS[1]
+    assert ready not in pending and len(pending) == len(finals) - 1 + len(cmp.ABLATIONS) * 3
