@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +45,9 @@ def test_lr_is_selected_on_val_not_test():
 def test_ablation_table_sits_beside_the_protocols_run():
     """Item 4: each change over its seeds, after the protocol's own DA+DW+DS row."""
     method = "+ DGMN DA+DW+DS"
-    records = [_record(method, lr, val=v, test=v) for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4))]
+    records = [
+        _record(method, lr, val=v, test=v) for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4), strict=True)
+    ]
     records += [_record(method, 3e-3, 0.5, 0.5, seed=s, phase="final") for s in (1, 2)]
     for seed, acc in enumerate((0.9, 0.7, 0.8)):
         r = _record(method, 3e-3, acc, acc, seed=seed, phase="ablation")
@@ -113,7 +116,10 @@ def test_grid_plan_and_scheduling_wait_for_the_sweep():
     assert len(finals) == 2 * (1 + 2 + 2)  # seed 0 large; seeds 1, 2 at both scales
     pending = [{"iterations": 200, "extra": {}} | s for _, s in plan if "lr" not in s]
     assert grid._next_ready(pending, [], set(), {}) is None  # no sweep yet: nothing can start
-    sweep = [_record("Dilated FCN", lr, val=v, test=v) for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4))]
+    sweep = [
+        _record("Dilated FCN", lr, val=v, test=v)
+        for lr, v in zip(cmp.LRS, (0.3, 0.6, 0.4), strict=True)
+    ]
     ready = grid._next_ready(pending, sweep, set(), {})
     assert ready["method"] == "Dilated FCN" and ready["lr"] == cmp.LRS[1]
     assert ready not in pending and len(pending) == len(finals) - 1 + len(cmp.ABLATIONS) * 3
