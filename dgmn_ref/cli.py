@@ -432,7 +432,8 @@ def explore_numbers_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dgmn-ref explore-numbers",
         description="Where the learned walks go: walk length per rate and the share of walked "
-        "vs uniform positions on the beacon (synthetic-data runs), as JSON; optionally a "
+        "vs uniform positions on the cue (synthetic-data runs: the beacon, or the far district "
+        "of the redundant task, read from the run's data folder), as JSON; optionally a "
         "gallery of four nodes as PNG.",
     )
     parser.add_argument("run", help="run folder of a DGMN model trained on --dataset synthetic")

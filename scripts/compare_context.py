@@ -6,6 +6,7 @@ written as each run finishes; an interrupted grid resumes where it stopped):
     python scripts/compare_context.py                 # the grid (~budget in docs/comparison.md)
     python scripts/compare_context.py --report        # tables (README, docs) + plots from the JSON
     python scripts/compare_context.py --erf           # results/erf.json: the FCN's receptive field
+    python scripts/compare_context.py --walks         # where a trained DGMN's walks go (~2 min)
 
 Each run trains in a child process (its peak RSS is the run's memory), on the task's own
 data folder ``data/<task>_<h>x<w>`` (300 train / 60 val / 60 test frames, generated on first
@@ -460,6 +461,59 @@ def write_erf() -> int:
     return 0
 
 
+WALKS_JSON = REPO / "results" / "explorer_walks_redundant.json"
+WALKS_RUN = REPO / "runs" / "comparison_walks"
+WALKS_GALLERY = REPO / "docs" / "explorer-redundant"
+
+
+def write_walks() -> int:
+    """Where a trained DGMN's walks go on the redundant task (issue: the walk explorer).
+
+    Trains the protocol's DGMN DA+DW+DS at 96x192, seed 0, at the lr the committed sweep
+    chose, into ``runs/comparison_walks`` (kept, so notebook 08 and ``dgmn-ref
+    explore-export`` can open it), then writes ``dgmn-ref explore-numbers``' JSON for it to
+    ``results/explorer_walks_redundant.json`` and its gallery to ``docs/explorer-redundant-*``.
+    """
+    import torch
+
+    from dgmn_ref.figures.explore import explore_numbers
+    from dgmn_ref.train import TrainConfig, build_dataset, train
+
+    task, scale, method = "redundant", SMALL, "+ DGMN DA+DW+DS"
+    lr = selected_lr(load(RESULTS), task, method, SETTINGS["iterations"])
+    if lr is None:
+        raise SystemExit(f"--walks: no complete lr sweep of {method} on {task} in {RESULTS}")
+    h, w = SCALES[scale]
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict(
+        SETTINGS
+        | methods(scale)[method]
+        | {
+            "crop_size": [h, w],
+            "root": str(data_root(task, scale).relative_to(REPO)),
+            "seed": 0,
+            "lr": lr,
+            "out": str(WALKS_RUN.relative_to(REPO)),
+            "progress": False,
+            "log_every": 100,
+            "checkpoint_every": SETTINGS["iterations"],
+        }
+    ).check()
+    tic = time.perf_counter()
+    model = train(cfg)["model"]
+    train_s = time.perf_counter() - tic
+    val = _metrics(model, build_dataset(cfg, "val"), cfg.num_classes())
+    result = explore_numbers(cfg.out, frames=N_VAL, gallery=WALKS_GALLERY.relative_to(REPO))
+    result["command"] = "python scripts/compare_context.py --walks"
+    result["train_s"] = round(train_s, 1)
+    result["lr"] = lr
+    result["val_context_accuracy"] = round(val["context_accuracy"], 4)
+    result["val_miou"] = round(val["miou"], 4)
+    WALKS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {WALKS_JSON.relative_to(REPO)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -491,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="tables and plots from --json")
     p.add_argument("--erf", action="store_true", help="write results/erf.json")
     p.add_argument("--figure", action="store_true", help="write results/tasks.png")
+    p.add_argument(
+        "--walks",
+        action="store_true",
+        help="train the protocol's DGMN on redundant 96x192 (seed 0) and write where its walks "
+        "go: results/explorer_walks_redundant.json",
+    )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.jobs < 1:
@@ -505,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure:
         plot_tasks(REPO / "results" / "tasks.png")
         return 0
+    if args.walks:
+        os.chdir(REPO)  # the run folder and the data root are recorded relative to the repository
+        return write_walks()
     return run_grid(args)
 
 

@@ -27,6 +27,7 @@ from dgmn_ref.training import TrainConfig  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DOCS_PAGE = REPO / "docs" / "explorer.html"
 NUMBERS = REPO / "results" / "explorer_walks.json"
+NUMBERS_REDUNDANT = REPO / "results" / "explorer_walks_redundant.json"
 NUMPY = {"int8": "<i1", "uint8": "<u1", "int16": "<i2", "uint16": "<u2", "uint32": "<u4"}
 NUMPY["float32"] = "<f4"
 
@@ -175,6 +176,29 @@ def test_dataset_frames_carry_labels_and_context():
         explore.load_frames(TrainConfig(dataset="synthetic"), [99999])
 
 
+def test_redundant_run_reads_its_own_frames_and_cue(tmp_path):
+    from dgmn_ref.data import CityscapesDataset
+    from dgmn_ref.data.synthetic import make_synthetic_cityscapes
+
+    root = make_synthetic_cityscapes(tmp_path / "red", n_train=1, n_val=3, task="redundant")
+    cfg = TrainConfig(dataset="synthetic", root=str(root), crop_size=[96, 192])
+    frames = explore.load_frames(cfg, [2, 0])
+    own = CityscapesDataset(root, "val", return_context=True)
+    assert torch.equal(frames.images[0], own[2][0]) and torch.equal(frames.context[1], own[0][2])
+    cue = explore.cue_mask("redundant", frames)
+    assert cue.shape == frames.context.shape
+    for mask, context in zip(cue, frames.context, strict=True):
+        columns = mask.any(dim=0)
+        assert mask.all(dim=0).equal(columns)  # whole columns: the district's band
+        assert 0.3 < columns.float().mean() < 0.37  # a third of the width
+        vehicles = context.nonzero()[:, 1].float().mean()
+        band = columns.nonzero().float().mean()
+        assert (band - 96) * (vehicles - 96) < 0  # on the other side from the vehicles
+        assert not (mask & context).any()
+    with pytest.raises(ValueError, match="task: expected one of"):
+        explore.cue_mask("needle", frames)
+
+
 # ----------------------------------------------------------------------- numbers
 def test_on_cells_rounds_to_the_nearest_cell_and_drops_outside():
     cells = torch.zeros(3, 4, dtype=torch.bool)
@@ -211,11 +235,12 @@ def test_walk_numbers_count_positions_on_the_cue():
     assert explore.walk_numbers(data, cue, receivers)["receivers"] == 1
 
 
-def test_committed_numbers_match_the_docs():
-    numbers = json.loads(NUMBERS.read_text())
+@pytest.mark.parametrize("numbers_file", [NUMBERS, NUMBERS_REDUNDANT], ids=["beacon", "redundant"])
+def test_committed_numbers_match_the_docs(numbers_file):
+    numbers = json.loads(numbers_file.read_text())
     layer = numbers["layers"]["context"]
     docs = (REPO / "docs" / "explorer.md").read_text()
-    for entry in layer["all nodes"]["rates"]:
+    for entry in layer["all nodes"]["rates"] + layer["mystery-vehicle nodes"]["rates"]:
         assert f"{entry['walked_on_cue']:.1%}" in docs, entry
         assert f"{entry['uniform_on_cue']:.1%}" in docs, entry
         assert f"{entry['mean_walk_length']:.2f}" in docs, entry

@@ -328,6 +328,13 @@ def make_synthetic_coco(
     return root
 
 
+def task_of(root: str | Path) -> str:
+    """The task a synthetic set was written for (its ``synthetic.json``; older sets and a
+    missing folder: ``"beacon"``)."""
+    marker = Path(root) / MARKER
+    return json.loads(marker.read_text()).get("task", "beacon") if marker.is_file() else "beacon"
+
+
 def ensure_synthetic(root: str | Path = "data/synthetic_cityscapes", **kwargs) -> Path:
     """Return ``root``, generating the synthetic Cityscapes there first if it is missing.
 

@@ -10,7 +10,8 @@ both start here:
   index, or any PNG/JPEG files, resized to the run's training crop;
 * :func:`walk_numbers` (``dgmn-ref explore-numbers``) answers "did the walks go where the
   information is?" in numbers: the mean walk length per rate, and the share of sampled
-  positions (eq. 4, walked, against eq. 3, uniform) that land on the cue, e.g. the beacon.
+  positions (eq. 4, walked, against eq. 3, uniform) that land on the cue: the beacon, or
+  the far district of the redundant task.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "load_model",
     "load_frames",
     "beacon_mask",
+    "cue_mask",
     "walk_numbers",
     "gallery_nodes",
     "node_caption",
@@ -109,10 +111,14 @@ def _check_indices(indices: Sequence[int], split: int, dataset: str) -> None:
 
 def _dataset_frames(cfg: Any, indices: Sequence[int]) -> Frames:
     from dgmn_ref.data import CityscapesDataset, denormalize, ensure_synthetic
-    from dgmn_ref.data.synthetic import make_synthetic_cityscapes
+    from dgmn_ref.data.synthetic import make_synthetic_cityscapes, task_of
     from dgmn_ref.training import build_dataset
 
-    if cfg.dataset == "synthetic":
+    if cfg.dataset == "synthetic" and task_of(cfg.root or "") != "beacon":
+        # another embedded task (e.g. redundant): the run's own folder says which frames
+        dataset = build_dataset(cfg, "val")
+        _check_indices(indices, len(dataset), cfg.dataset)
+    elif cfg.dataset == "synthetic":
         # Validation frame n depends only on (seed, n): make just the ones needed, in a
         # temporary folder, within the split that ``dgmn-ref make-data`` writes.
         split = inspect.signature(make_synthetic_cityscapes).parameters["n_val"].default
@@ -191,6 +197,36 @@ def beacon_mask(labels: Tensor) -> Tensor:
     from dgmn_ref.data.labels import NAME_TO_LABEL
 
     return labels == NAME_TO_LABEL["traffic sign"].trainId
+
+
+CUES = {
+    "beacon": "beacon: the 'traffic sign' pixels",
+    "redundant": "redundant: the far zone, the district whose kind decides the class",
+}
+
+
+def cue_mask(task: str, frames: Frames) -> Tensor:
+    """The pixels that carry the information of an embedded task, ``b H W`` bool.
+
+    ``"beacon"``: :func:`beacon_mask`. ``"redundant"``: the far zone of each frame
+    (:func:`dgmn_ref.data.redundant.far_zone`), on the side away from the mystery vehicles.
+    """
+    if frames.labels is None:
+        raise ValueError("frames: the cue is known only for dataset frames (they carry labels)")
+    if task == "beacon":
+        return beacon_mask(frames.labels)
+    if task != "redundant":
+        raise ValueError(f"task: expected one of {tuple(CUES)}, got {task!r}")
+    if frames.context is None:
+        raise ValueError("frames: the redundant cue needs the frames' context masks")
+    from dgmn_ref.data.redundant import far_zone
+
+    masks = []
+    for context in frames.context:
+        size = tuple(context.shape)
+        left = bool(context.nonzero()[:, 1].float().mean() < size[1] / 2)  # vehicles' side
+        masks.append(torch.from_numpy(far_zone(size, left).copy()))
+    return torch.stack(masks)
 
 
 def _on_cells(positions: Tensor, cells: Tensor) -> Tensor:
@@ -298,10 +334,15 @@ def gallery_nodes(data: WalkData, frames: Frames, batch: int = 0) -> dict[str, t
 
 
 def node_caption(
-    data: WalkData, node: tuple[int, int], cue: Tensor | None, batch: int = 0, where: str = ""
+    data: WalkData,
+    node: tuple[int, int],
+    cue: Tensor | None,
+    batch: int = 0,
+    where: str = "",
+    cue_name: str = "the beacon",
 ) -> str:
     """One line on what node i's walks did: length, reach, and how many land on the cue
-    (``b H W``; None: not counted)."""
+    (``b H W``, called ``cue_name``; None: not counted)."""
     from dgmn_ref.figures.walks import message_sources
 
     y, x = data.check_node(node, batch)
@@ -319,7 +360,7 @@ def node_caption(
     cue_cells = F.adaptive_max_pool2d(cue[batch][None, None].float(), data.size)[0, 0] > 0
     walked = rearrange(data.walked[:, batch, :, :, y, x], "s k p -> (s k) p")
     on_cue = int(_on_cells(walked, cue_cells).sum())
-    return f"{caption}; {on_cue} of {len(walked)} walked positions on the beacon"
+    return f"{caption}; {on_cue} of {len(walked)} walked positions on {cue_name}"
 
 
 def gallery_figure(
@@ -351,23 +392,28 @@ def explore_numbers(
 ) -> dict[str, Any]:
     """The explorer's walk numbers for a synthetic-data run: :func:`walk_numbers` over ``frames``
     validation frames, for all nodes and for the mystery-vehicle nodes (whose class only the
-    beacon decides); with ``gallery``, also one PNG per :data:`GALLERY_CLASSES` node of frame
-    0 (``<gallery>-<n>.png``, :data:`GALLERY_DPI`) and its caption.
+    far cue decides: the beacon, or the district of the redundant task, :func:`cue_mask`);
+    with ``gallery``, also one PNG per :data:`GALLERY_CLASSES` node of frame 0
+    (``<gallery>-<n>.png``, :data:`GALLERY_DPI`) and its caption.
     """
+    from dgmn_ref.data.synthetic import task_of
     from dgmn_ref.figures.walks import extract_from_model
 
     model, cfg = load_model(checkpoint)
     if cfg.dataset != "synthetic":
         raise ValueError(
-            f"{checkpoint}: the cue (the beacon) is only known for the synthetic dataset, "
-            f"not {cfg.dataset!r}"
+            f"{checkpoint}: the cue (the beacon or the district) is only known for the "
+            f"synthetic dataset, not {cfg.dataset!r}"
         )
+    task = task_of(cfg.root or "")
     chosen = load_frames(cfg, list(range(frames)))
-    cue = beacon_mask(chosen.labels)
+    cue = cue_mask(task, chosen)
+    cue_name = "the beacon" if task == "beacon" else "the far zone"
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
-        "frames": f"synthetic validation frames 0-{frames - 1}",
-        "cue": "beacon: the 'traffic sign' pixels",
+        "frames": f"synthetic validation frames 0-{frames - 1}"
+        + ("" if task == "beacon" else f" of {cfg.root}"),
+        "cue": CUES[task],
         "layers": {},
     }
     for name, data in extract_from_model(model, chosen.images).items():
@@ -379,7 +425,7 @@ def explore_numbers(
         name, data = next(iter(extract_from_model(model, chosen.images[:1]).items()))
         result["gallery"] = []
         for n, (where, node) in enumerate(gallery_nodes(data, chosen).items(), 1):
-            caption = node_caption(data, node, cue[:1], 0, f"frame 0, {where}")
+            caption = node_caption(data, node, cue[:1], 0, f"frame 0, {where}", cue_name)
             path = Path(f"{gallery}-{n}.png")
             path.parent.mkdir(parents=True, exist_ok=True)
             title = f"frame 0, a node on the {where}: (y={node[0]}, x={node[1]})"

@@ -28,15 +28,9 @@ from torch import nn
 
 from dgmn_ref.data.cityscapes import CityscapesDataset, load_label_ids
 from dgmn_ref.data.labels import NAME_TO_LABEL, NUM_CITYSCAPES_CLASSES
-from dgmn_ref.data.synthetic import BEACON_COLOURS, CONTEXT_CLASSES
+from dgmn_ref.data.synthetic import BEACON_COLOURS, CONTEXT_CLASSES, task_of
 
 _CONTEXT_TRAIN_IDS = [NAME_TO_LABEL[n].trainId for n in CONTEXT_CLASSES]
-
-
-def task_of(root: str | Path) -> str:
-    """The task a synthetic set was written for (``synthetic.json``; older sets: beacon)."""
-    marker = Path(root) / "synthetic.json"
-    return json.loads(marker.read_text()).get("task", "beacon") if marker.is_file() else "beacon"
 
 
 def cue_class(rgb: np.ndarray, label: np.ndarray, context: np.ndarray, task: str) -> int:
