@@ -318,6 +318,11 @@ class MessageFusion(nn.Module):
         # W [F, M_1..M_S] computed as W_0 F + sum_q W_q M_q: the same numbers without
         # holding the (S+1)C-channel concatenation for backward.
         blocks = self.project.weight.split(f.shape[1], dim=1)
+        if messages[0].is_contiguous(memory_format=torch.channels_last):
+            # the fast kernels' messages are channels-last: weights in the same layout keep
+            # the convolutions' backward channels-last too, with no transposing copies
+            # (docs/benchmarks.md, "what was tried")
+            blocks = [w.contiguous(memory_format=torch.channels_last) for w in blocks]
         fused = sum(F.conv2d(x, w) for x, w in zip([f, *messages], blocks, strict=True))
         return torch.relu(self.norm(fused))
 
