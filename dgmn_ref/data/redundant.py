@@ -75,6 +75,14 @@ def far_zone(size: tuple[int, int], left: bool) -> np.ndarray:
     return np.broadcast_to(far, (h, w))
 
 
+def far_zone_of(context) -> np.ndarray:
+    """``(h w)`` bool: the far zone of a frame, on the side away from its context pixels (the
+    mystery vehicles, ``context``: ``(h w)`` bool, numpy or torch)."""
+    context = np.asarray(context)
+    left = bool(np.nonzero(context)[1].mean() < context.shape[1] / 2)  # the vehicles' side
+    return far_zone(context.shape, left)
+
+
 def render_redundant_scene(rng: np.random.Generator, size: tuple[int, int] = DEFAULT_SIZE) -> Scene:
     """Draw one street of the redundant-context task (see the module docstring)."""
     h, w = size

@@ -219,14 +219,9 @@ def cue_mask(task: str, frames: Frames) -> Tensor:
         raise ValueError(f"task: expected one of {tuple(CUES)}, got {task!r}")
     if frames.context is None:
         raise ValueError("frames: the redundant cue needs the frames' context masks")
-    from dgmn_ref.data.redundant import far_zone
+    from dgmn_ref.data.redundant import far_zone_of
 
-    masks = []
-    for context in frames.context:
-        size = tuple(context.shape)
-        left = bool(context.nonzero()[:, 1].float().mean() < size[1] / 2)  # vehicles' side
-        masks.append(torch.from_numpy(far_zone(size, left).copy()))
-    return torch.stack(masks)
+    return torch.stack([torch.from_numpy(far_zone_of(c).copy()) for c in frames.context])
 
 
 def _on_cells(positions: Tensor, cells: Tensor) -> Tensor:

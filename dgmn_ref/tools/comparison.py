@@ -376,7 +376,7 @@ def plot_tasks(path: Path, n: int = 3) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from dgmn_ref.data.redundant import far_zone
+    from dgmn_ref.data.redundant import far_zone_of
     from dgmn_ref.data.synthetic import renderer
 
     fig, axes = plt.subplots(len(TASKS), n, figsize=(4 * n, 2.3 * len(TASKS)), squeeze=False)
@@ -387,8 +387,7 @@ def plot_tasks(path: Path, n: int = 3) -> None:
             ax.imshow(scene.rgb)
             ax.contour(scene.context, levels=[0.5], colors="red", linewidths=1)
             if task == "redundant":
-                left = bool(np.nonzero(scene.context)[1].mean() < scene.rgb.shape[1] / 2)
-                ax.contourf(far_zone(scene.context.shape, left), levels=[0.5, 1.5],
+                ax.contourf(far_zone_of(scene.context), levels=[0.5, 1.5],
                             colors="none", hatches=["//"])  # fmt: skip
             ax.set_title(f"{task}: vehicles are {scene.beacon_class}", fontsize=9)
             ax.axis("off")

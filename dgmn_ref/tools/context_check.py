@@ -39,10 +39,9 @@ def cue_class(rgb: np.ndarray, label: np.ndarray, context: np.ndarray, task: str
     if task == "beacon":
         sign = rgb[label == NAME_TO_LABEL["traffic sign"].id].mean(0)
         return int(np.argmin([np.abs(sign - c).sum() for c in BEACON_COLOURS]))
-    from dgmn_ref.data.redundant import DISTRICT_COLOURS, far_zone
+    from dgmn_ref.data.redundant import DISTRICT_COLOURS, far_zone_of
 
-    left = bool(np.nonzero(context)[1].mean() < rgb.shape[1] / 2)
-    far = far_zone(label.shape, left)
+    far = far_zone_of(context)
     sky = rgb[0][far[0]].mean(0)
     return int(np.argmin([np.abs(sky - d["sky"]).sum() for d in DISTRICT_COLOURS]))
 
