@@ -13,12 +13,13 @@ reader can tell an idle measurement from a loaded one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from timing_report import load_cell, print_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -68,10 +69,7 @@ def table(report: dict) -> str:
         "|---|---:|---:|---|",
     ]
     for r in report["notebooks"]:
-        lines.append(
-            f"| {r['notebook']} | {r['cells']} | {r['seconds']:.0f} "
-            f"| {r['load_start']:.1f}-{r['load_end']:.1f} |"
-        )
+        lines.append(f"| {r['notebook']} | {r['cells']} | {r['seconds']:.0f} | {load_cell(r)} |")
     total = sum(r["seconds"] for r in report["notebooks"])
     lines.append(
         f"\n({m['date_utc']} UTC, {m['cores']} cores, {m['cpu_capability']}, torch {m['torch']}; "
@@ -89,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     if args.table:
-        if not args.out.is_file():
-            p.error(f"--table: {args.out} does not exist; run without --table first")
-        print(table(json.loads(args.out.read_text())))
-        return 0
+        return print_table(p, args.out, table)
     paths = [Path(n) for n in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
     missing = [str(n) for n in paths if not n.is_file()]
     if missing:
@@ -101,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         report["notebooks"].append(time_notebook(path.resolve(), args.timeout))
         print(f"{path.name}: {report['notebooks'][-1]['seconds']:.1f} s", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.out)
+    write_report(report, args.out)
     print(table(report))
     return 0
 

@@ -14,13 +14,14 @@ section quotes this file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from timing_report import load_cell, print_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "test_times.json"
@@ -56,10 +57,7 @@ def cpu_capability() -> str:
 def table(report: dict) -> str:
     lines = ["| part | seconds | exit status | load at start-end |", "|---|---:|---:|---|"]
     for r in report["parts"]:
-        lines.append(
-            f"| make {r['part']} | {r['seconds']:.0f} | {r['status']} "
-            f"| {r['load_start']:.1f}-{r['load_end']:.1f} |"
-        )
+        lines.append(f"| make {r['part']} | {r['seconds']:.0f} | {r['status']} | {load_cell(r)} |")
     m = report["machine"]
     total = sum(r["seconds"] for r in report["parts"])
     lines.append(
@@ -76,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     if args.table:
-        if not args.out.is_file():
-            p.error(f"--table: {args.out} does not exist; run without --table first")
-        print(table(json.loads(args.out.read_text())))
-        return 0
+        return print_table(p, args.out, table)
     fresh = not (REPO / ".venv").exists()
     report = {
         "git_commit": git_commit(),
@@ -98,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             break
     report["machine"]["cpu_capability"] = cpu_capability()
     report["passed"] = len(report["parts"]) == len(PARTS) and not report["parts"][-1]["status"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(args.out)
+    write_report(report, args.out)
     print(table(report))
     return 0 if report["passed"] else 1
 
