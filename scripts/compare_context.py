@@ -221,7 +221,8 @@ def load(path: Path = RESULTS) -> list[dict]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def save(records: list[dict], path: Path = RESULTS) -> None:
+def save(records: list[dict] | dict, path: Path = RESULTS) -> None:
+    """Write ``records`` as JSON to ``path`` through a temporary file (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1) + "\n")
@@ -509,7 +510,7 @@ def write_walks() -> int:
     result["lr"] = lr
     result["val_context_accuracy"] = round(val["context_accuracy"], 4)
     result["val_miou"] = round(val["miou"], 4)
-    WALKS_JSON.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, WALKS_JSON)
     print(f"wrote {WALKS_JSON.relative_to(REPO)}")
     return 0
 
